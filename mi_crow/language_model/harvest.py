@@ -1,0 +1,178 @@
+"""Harvesting activations of several layers in one pass and writing them as a stored run.
+
+Only real tokens are kept (padding is masked out before anything is copied), each with its token id,
+position and sample index. The forward stops as soon as every requested layer has been seen, so the
+layers after the deepest one (and the LM head, often the most expensive part) never run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mi_crow.datasets import as_text_dataset
+from mi_crow.hooks import Detector, StopForward
+from mi_crow.language_model.loading import parse_dtype
+from mi_crow.store import ActivationRun, LocalStore
+
+if TYPE_CHECKING:
+    from mi_crow.language_model.language_model import LanguageModel
+
+_MAX_PENDING_WRITES = 2  # shards queued for the writer thread before the forward loop waits
+
+
+class _Capture(Detector):
+    """Keeps one layer's output for the current batch and stops the forward once all layers are in."""
+
+    kind = "harvest_capture"
+
+    def __init__(self, layer: str, seen: set[str], wanted: int, stop_early: bool) -> None:
+        super().__init__(layer)
+        self.seen, self.wanted, self.stop_early = seen, wanted, stop_early
+        self.tensor: torch.Tensor | None = None
+
+    def observe(self, tensor: torch.Tensor, module: nn.Module, context: dict[str, Any]) -> None:
+        if self.layer in self.seen:
+            return  # a module called twice in one forward: keep its first output
+        self.tensor = tensor
+        self.seen.add(self.layer or "")
+        if self.stop_early and len(self.seen) == self.wanted:
+            raise StopForward
+
+
+class _ShardBuffer:
+    """Accumulates one layer's rows and cuts them into shards of exactly ``shard_size`` rows."""
+
+    def __init__(self, shard_size: int) -> None:
+        self.shard_size = shard_size
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+        self.rows = 0
+
+    def add(self, *cols: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        self.parts.append(cols)
+        self.rows += cols[0].shape[0]
+        full = []
+        while self.rows >= self.shard_size:
+            full.append(self._take(self.shard_size))
+        return full
+
+    def drain(self) -> tuple[torch.Tensor, ...] | None:
+        return self._take(self.rows) if self.rows else None
+
+    def _take(self, n: int) -> tuple[torch.Tensor, ...]:
+        joined = [torch.cat(c) for c in zip(*self.parts, strict=True)]
+        head = tuple(c[:n] for c in joined)
+        rest = tuple(c[n:] for c in joined)
+        self.rows -= n
+        self.parts = [rest] if self.rows else []
+        return head
+
+
+def save_activations(
+    lm: LanguageModel,
+    dataset: Any,
+    layers: Sequence[str],
+    *,
+    batch_size: int = 16,
+    shard_size: int = 65_536,
+    max_length: int | None = None,
+    sample_limit: int | None = None,
+    text_field: str = "text",
+    split: str | None = None,
+    run_id: str | None = None,
+    store: LocalStore | None = None,
+    dtype: str | torch.dtype | None = None,
+    stop_early: bool = True,
+    progress: bool = True,
+) -> ActivationRun:
+    """Harvest ``layers`` over ``dataset`` and store them as run ``run_id`` (a fresh id by default).
+
+    ``dataset`` is anything ``mi_crow.datasets.as_text_dataset`` takes (a list of texts, file paths, an HF
+    dataset or a spec dict). ``shard_size`` is in tokens per shard per layer. Returns the complete run;
+    on failure the run is marked failed (never listed as complete) and the error propagates.
+    """
+    if isinstance(layers, str):
+        layers = [layers]
+    if not layers:
+        raise ValueError("no layers given to harvest")
+    if batch_size <= 0 or shard_size <= 0:
+        raise ValueError("batch_size and shard_size must be positive")
+    names = list(dict.fromkeys(lm.resolve_layer(name) for name in layers))
+    widths = {name: lm.hidden_size(name) for name in names}
+    out_dtype = parse_dtype(dtype) or (lm.dtype if lm.dtype in (torch.float16, torch.bfloat16) else torch.float32)
+    store = store or lm.store
+    texts = as_text_dataset(dataset, text_field=text_field, split=split, sample_limit=sample_limit)
+    batches = iter(texts.batches(batch_size))
+    first = next(batches)  # raises EmptyDatasetError before any run directory exists
+
+    writer = store.create_run(
+        lm.model_id,
+        {name: (widths[name], str(out_dtype).removeprefix("torch.")) for name in names},
+        run_id=run_id,
+        config={
+            "layers": names,
+            "batch_size": batch_size,
+            "shard_size": shard_size,
+            "max_length": max_length or lm.max_length,
+            "dtype": str(out_dtype).removeprefix("torch."),
+            "model_source": lm.source,
+        },
+        dataset=texts.describe(),
+    )
+    seen: set[str] = set()
+    captures = [_Capture(name, seen, len(names), stop_early) for name in names]
+    buffers = {name: _ShardBuffer(shard_size) for name in names}
+    pending: list[Future[Any]] = []
+    n_samples = n_tokens = 0
+    bar = tqdm(total=texts.length_hint(), unit="text", desc=f"harvest {writer.manifest.run_id}", disable=not progress)
+
+    def submit(pool: ThreadPoolExecutor, layer: str, cols: tuple[torch.Tensor, ...]) -> None:
+        pending.append(pool.submit(writer.add_shard, layer, *cols))
+        while len(pending) > _MAX_PENDING_WRITES:
+            pending.pop(0).result()
+
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as pool, lm.hooks.attached(*captures):
+            batch: list[str] | None = first
+            while batch is not None:
+                seen.clear()
+                enc = lm.tokenize(batch, max_length=max_length)
+                with torch.inference_mode(), contextlib.suppress(StopForward):
+                    lm.model(**enc, use_cache=False)
+                mask = enc["attention_mask"].bool()
+                ids = enc["input_ids"][mask].cpu()
+                positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)[mask].cpu()
+                samples = (n_samples + torch.arange(mask.shape[0], device=mask.device))[:, None].expand_as(mask)
+                samples = samples[mask].cpu()
+                for cap in captures:
+                    if cap.tensor is None or cap.tensor.shape[:2] != mask.shape:
+                        shape = None if cap.tensor is None else tuple(cap.tensor.shape)
+                        raise ValueError(f"layer {cap.layer!r} gave {shape}, not (batch, seq, d) activations")
+                    acts = cap.tensor[mask].to(device="cpu", dtype=out_dtype)
+                    cap.tensor = None
+                    for full in buffers[cap.layer or ""].add(acts, ids, positions, samples):
+                        submit(pool, cap.layer or "", full)
+                n_samples += mask.shape[0]
+                n_tokens += int(mask.sum())
+                bar.update(mask.shape[0])
+                bar.set_postfix(tokens=n_tokens)
+                batch = next(batches, None)
+            for name, buf in buffers.items():
+                rest = buf.drain()
+                if rest is not None:
+                    submit(pool, name, rest)
+            for fut in pending:
+                fut.result()
+    except BaseException as exc:
+        writer.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        bar.close()
+    writer.finish(n_samples)
+    return ActivationRun(writer.run_dir)

@@ -1,0 +1,1 @@
+"""SAE training and concept discovery/steering."""
