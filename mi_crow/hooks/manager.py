@@ -174,6 +174,18 @@ class HookManager:
             for c in switched:
                 c.enable()
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Turn every enabled hook off for a block (e.g. an internal probe forward), then restore."""
+        switched = [h for h in self.hooks() if h.enabled]
+        for h in switched:
+            h.disable()
+        try:
+            yield
+        finally:
+            for h in switched:
+                h.enable()
+
     def torch_handle_count(self) -> int:
         """How many PyTorch hook handles mi-crow holds (0 when nothing is attached)."""
         return len(self._slots)

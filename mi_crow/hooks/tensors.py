@@ -28,7 +28,7 @@ def split_output(output: Any) -> tuple[torch.Tensor | None, Rebuild]:
 
             def rebuild(t: torch.Tensor) -> Any:
                 output[key] = t
-                if hasattr(output, key):
+                if type(output) is not dict and hasattr(output, key):  # ModelOutput mirrors keys as attributes
                     setattr(output, key, t)
                 return output
 

@@ -132,8 +132,8 @@ class LanguageModel:
 
         def probe() -> None:
             enc = self.tokenize([_PROBE_TEXT])
-            with torch.inference_mode():
-                self.model(**enc)
+            with self.hooks.paused(), torch.inference_mode():
+                self.model(**enc, use_cache=False)
 
         return self.layer_registry.infos(self.layer_registry.probe_shapes(probe))
 

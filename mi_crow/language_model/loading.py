@@ -73,6 +73,8 @@ def load_causal_lm(
     looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1
     if not is_local and looks_like_path:
         raise ModelLoadError(f"model directory {source!r} does not exist")
+    if is_local and not (path / "config.json").is_file():
+        raise ModelLoadError(f"directory {path} lacks model or tokenizer files (no config.json)")
     if local_files_only is None:
         local_files_only = is_local or offline_by_env()
     target = str(path) if is_local else source

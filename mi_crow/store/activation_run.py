@@ -61,7 +61,27 @@ class ActivationRunWriter:
             # Reserve the slot before releasing the lock so concurrent writers of one layer never collide.
             placeholder = ShardRecord(file=file, n_tokens=0, sha256="")
             record.shards.append(placeholder)
-        sha = write_shard(
+        try:
+            sha = self._write(file, layer, activations, token_ids, positions, sample_index)
+        except BaseException:
+            with self._lock:
+                record.shards.remove(placeholder)
+            raise
+        with self._lock:
+            placeholder.n_tokens, placeholder.sha256 = n, sha
+            self._flush()
+        return placeholder
+
+    def _write(
+        self,
+        file: str,
+        layer: str,
+        activations: torch.Tensor,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        sample_index: torch.Tensor,
+    ) -> str:
+        return write_shard(
             self.run_dir / file,
             {
                 ACTIVATIONS: activations,
@@ -71,10 +91,6 @@ class ActivationRunWriter:
             },
             metadata={"layer": layer, "run_id": self.manifest.run_id},
         )
-        with self._lock:
-            placeholder.n_tokens, placeholder.sha256 = n, sha
-            self._flush()
-        return placeholder
 
     def finish(self, n_samples: int) -> RunManifest:
         with self._lock:
@@ -186,7 +202,8 @@ class ActivationRun:
             if dtype is not None:
                 block = block.to(dtype)
             full = (block.shape[0] // batch_size) * batch_size
-            yield from block[:full].split(batch_size)
+            if full:
+                yield from block[:full].split(batch_size)
             carry = block[full:] if full < block.shape[0] else None
         if carry is not None and not drop_last and carry.shape[0] > 0:
             yield carry

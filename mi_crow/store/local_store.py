@@ -53,6 +53,15 @@ class LocalStore:
             raise PermissionError(f"path {path} resolves outside the store root {self.root}")
         return path
 
+    def _glob(self, kind: str, pattern: str) -> list[Path]:
+        """Glob below ``root/kind``, dropping anything a planted symlink would lead outside the root."""
+        found = []
+        for path in (self.root / kind).glob(pattern):
+            resolved = path.resolve()
+            if self.root in resolved.parents:
+                found.append(path)
+        return found
+
     def model_dir(self, kind: str, model_id: str) -> Path:
         return self._path(kind, model_key(model_id))
 
@@ -98,14 +107,13 @@ class LocalStore:
     def find_run(self, run_id: str, *, require_complete: bool = True) -> ActivationRun:
         """Open a run by id alone, whatever model it belongs to."""
         validate_name(run_id, "run id")
-        for manifest in (self.root / "activations").glob(f"*/{run_id}/{MANIFEST}"):
+        for manifest in self._glob("activations", f"*/{run_id}/{MANIFEST}"):
             return ActivationRun(manifest.parent, require_complete=require_complete)
         raise FileNotFoundError(f"no activation run {run_id!r} in {self.root}")
 
     def list_runs(self, model_id: str | None = None) -> list[RunManifest]:
-        base = self.root / "activations"
         pattern = f"{model_key(model_id)}/*/{MANIFEST}" if model_id else f"*/*/{MANIFEST}"
-        runs = [RunManifest.from_dict(read_json(p)) for p in base.glob(pattern)]
+        runs = [RunManifest.from_dict(read_json(p)) for p in self._glob("activations", pattern)]
         return sorted(runs, key=lambda m: m.created_at)
 
     def delete_run(self, model_id: str, run_id: str) -> None:
@@ -113,14 +121,13 @@ class LocalStore:
 
     # -- SAEs ----------------------------------------------------------------------------------------
     def list_saes(self, model_id: str | None = None) -> list[dict[str, Any]]:
-        base = self.root / "saes"
         pattern = f"{model_key(model_id)}/*/sae.json" if model_id else "*/*/sae.json"
-        metas = [read_json(p) for p in base.glob(pattern)]
+        metas = [read_json(p) for p in self._glob("saes", pattern)]
         return sorted(metas, key=lambda m: m.get("created_at", 0.0))
 
     def find_sae_dir(self, sae_id: str) -> Path:
         validate_name(sae_id, "SAE id")
-        for meta in (self.root / "saes").glob(f"*/{sae_id}/sae.json"):
+        for meta in self._glob("saes", f"*/{sae_id}/sae.json"):
             return meta.parent
         raise FileNotFoundError(f"no SAE {sae_id!r} in {self.root}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class InvalidNameError(ValueError):
@@ -14,7 +14,7 @@ class InvalidNameError(ValueError):
 
 def validate_name(name: str, kind: str = "name") -> str:
     """Return ``name`` unchanged if it is a safe single path component, else raise InvalidNameError."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise InvalidNameError(
             f"invalid {kind} {name!r}: use 1-128 characters from letters, digits, '.', '_' and '-', "
             "starting with a letter or digit, and no '..'"
@@ -32,7 +32,7 @@ def model_key(model_id: str) -> str:
         raise InvalidNameError("model id must not be empty")
     if model_id.count("/") <= 1 and not model_id.startswith((".", "/", "~")):
         candidate = model_id.replace("/", "--")
-        if _NAME_RE.match(candidate) and ".." not in candidate:
+        if _NAME_RE.fullmatch(candidate) and ".." not in candidate:
             return candidate
     tail = re.sub(r"[^A-Za-z0-9._-]", "_", model_id.rstrip("/").split("/")[-1]).strip("._-") or "model"
     digest = hashlib.sha256(model_id.encode()).hexdigest()[:10]

@@ -76,17 +76,26 @@ class ConceptDictionary:
     @classmethod
     def load(cls, path: str | Path, n_latents: int) -> ConceptDictionary:
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
         if path.suffix.lower() == ".csv":
             return cls.from_csv(text, n_latents, source=str(path))
         return cls.from_json(text, n_latents, source=str(path))
 
     @classmethod
     def from_json(cls, text: str, n_latents: int, source: str = "concepts") -> ConceptDictionary:
+        repeated: list[str] = []
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            keys = [k for k, _ in items]
+            repeated.extend(sorted({k for k in keys if keys.count(k) > 1}))
+            return dict(items)
+
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=pairs)
         except json.JSONDecodeError as exc:
             raise ConceptValidationError(f"{source}: not valid JSON ({exc})") from exc
+        if repeated:
+            raise ConceptValidationError(f"{source}: latent {', '.join(repeated)} appears twice")
         table = data.get("concepts", data) if isinstance(data, dict) else data
         rows: list[tuple[Any, Any, Any, Any]] = []
         if isinstance(table, dict):

@@ -116,7 +116,11 @@ def collect_top_texts(
             sample, pos = where[gid]
             ids = token_rows[sample]
             lo, hi = max(0, pos - window), min(ids.shape[0], pos + window + 1)
-            left, here, right = (tok.decode(ids[lo:pos]), tok.decode(ids[pos : pos + 1]), tok.decode(ids[pos + 1 : hi]))
+            left, here, right = (
+                tok.decode(ids[lo:pos], skip_special_tokens=True),
+                tok.decode(ids[pos : pos + 1]),
+                tok.decode(ids[pos + 1 : hi], skip_special_tokens=True),
+            )
             entries.append(TopText(val, sample, pos, here, left + here + right, f"{left}«{here}»{right}"))
         per_latent[latent] = entries
     return TopTexts(sae.sae_id, layer, per_latent, k)

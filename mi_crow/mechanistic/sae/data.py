@@ -93,7 +93,8 @@ class StreamSource:
             chunk = chunk.reshape(-1, self.d_model)
             block = chunk if carry is None else torch.cat([carry, chunk])
             full = (block.shape[0] // batch_size) * batch_size
-            yield from block[:full].split(batch_size)
+            if full:
+                yield from block[:full].split(batch_size)
             carry = block[full:]
         if carry is not None and carry.shape[0]:
             yield carry

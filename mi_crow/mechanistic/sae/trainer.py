@@ -147,7 +147,7 @@ class SaeTrainer:
             for epoch in range(start_epoch, cfg.epochs):
                 stats = EpochStats()
                 for i, batch in enumerate(source.batches(epoch, cfg.batch_size, cfg.seed, cfg.shuffle)):
-                    if i < skip:
+                    if i < skip or batch.shape[0] == 0:
                         continue
                     x = batch.to(device=device, dtype=torch.float32, non_blocking=True)
                     if not initialized:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One entry point for set-up and the everyday commands. Creates (or reuses) .venv by itself.
+#   ./dev.sh demo        the main job: the whole pipeline on the bundled tiny model
+#   ./dev.sh test        every test suite, with the coverage gate
+#   ./dev.sh lint        ruff
+#   ./dev.sh bench       the benchmark table (add --quick for a short run)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+VENV=.venv
+STAMP="$VENV/.mi-crow-installed"
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+  fi
+  if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+    echo "$want" > "$STAMP"
+  fi
+}
+
+# Services, workers and tests share two cores: no OpenMP spin-waiting.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  demo)  setup; exec "$VENV/bin/mi-crow" demo "$@" ;;
+  test)  setup; exec "$VENV/bin/python" -m pytest --cov=mi_crow --cov-report=term --cov-report=xml "$@" ;;
+  lint)  setup; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check . ;;
+  bench) setup; exec "$VENV/bin/python" -m benchmarks.run "$@" ;;
+  setup) setup ;;
+  *) sed -n '2,7p' "$0"; exit 2 ;;
+esac
