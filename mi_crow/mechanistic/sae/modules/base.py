@@ -74,6 +74,7 @@ class Sae(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.register_buffer("input_scale", torch.tensor(1.0))
         self.net: nn.Module = self.build_net()
+        self._tie_encoder_init()
         # Identity, provenance and training record; filled by the trainer and saved in sae.json.
         self.sae_id: str | None = None
         self.layer: str | None = None
@@ -95,6 +96,18 @@ class Sae(nn.Module):
     def penalty(self, out: SaeOutput, step_fraction: float) -> torch.Tensor | None:
         """Sparsity penalty added to the reconstruction loss (None for variants that need none)."""
         return None
+
+    @torch.no_grad()
+    def _tie_encoder_init(self) -> None:
+        # Start the encoder as the decoder's transpose (Gao et al.): each latent first detects its own
+        # direction, so reconstruction is sensible from step 0 instead of worse than the mean.
+        linear = getattr(getattr(self.net, "encoder", None), "final_block", [None])[0]
+        if isinstance(linear, nn.Linear) and linear.weight.shape == (self.n_latents, self.d_in):
+            weights = self.net.dictionary._weights
+            weights.copy_(weights / weights.norm(dim=1, keepdim=True).clamp_min(1e-8))
+            linear.weight.copy_(weights)
+            if linear.bias is not None:
+                linear.bias.zero_()
 
     # -- the shared computation ----------------------------------------------------------------------
     @property
