@@ -40,7 +40,7 @@ class TinyModelConfig:
     n_embd: int = 128
     n_head: int = 4
     n_positions: int = 64
-    steps: int = 1000
+    steps: int = 700
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 50

@@ -60,6 +60,9 @@ class Sae(nn.Module):
     """Base class of all SAE variants. Subclasses build ``self.net`` and define ``sparsify``/``penalty``."""
 
     registry: ClassVar[dict[str, type[Sae]]] = {}
+    # Tied init suits variants with a fixed number of active latents; with dense ReLU codes it would make
+    # every latent fire at once and overshoot.
+    tied_init: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -74,7 +77,8 @@ class Sae(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.register_buffer("input_scale", torch.tensor(1.0))
         self.net: nn.Module = self.build_net()
-        self._tie_encoder_init()
+        if self.tied_init:
+            self._tie_encoder_init()
         # Identity, provenance and training record; filled by the trainer and saved in sae.json.
         self.sae_id: str | None = None
         self.layer: str | None = None

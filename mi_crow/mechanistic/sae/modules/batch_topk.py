@@ -16,6 +16,8 @@ from mi_crow.mechanistic.sae.modules.base import Sae, SaeOutput
 
 
 class BatchTopKSae(Sae):
+    tied_init = True
+
     def __init__(self, d_in: int, n_latents: int, k: int = 32, threshold_momentum: float = 0.99, **kwargs: Any):
         if not 0 < k <= n_latents:
             raise ValueError(f"k must be in 1..n_latents ({n_latents}), got {k}")
