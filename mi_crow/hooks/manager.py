@@ -7,7 +7,7 @@ so a layer can hold detectors and controllers at once, and removing the last hoo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -163,21 +163,9 @@ class HookManager:
                 hook.disable()
 
     @contextmanager
-    def controllers_disabled(self) -> Iterator[None]:
-        """Turn every enabled controller off for a block, restoring exactly the previous states."""
-        switched = [c for c in self.controllers() if c.enabled]
-        for c in switched:
-            c.disable()
-        try:
-            yield
-        finally:
-            for c in switched:
-                c.enable()
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        """Turn every enabled hook off for a block (e.g. an internal probe forward), then restore."""
-        switched = [h for h in self.hooks() if h.enabled]
+    def switched_off(self, kind: type[Hook] = Hook) -> Iterator[None]:
+        """Turn every enabled hook of ``kind`` off for a block, restoring exactly the previous states."""
+        switched = [h for h in self.hooks() if isinstance(h, kind) and h.enabled]
         for h in switched:
             h.disable()
         try:
@@ -185,6 +173,14 @@ class HookManager:
         finally:
             for h in switched:
                 h.enable()
+
+    def controllers_disabled(self) -> AbstractContextManager[None]:
+        """``with_controllers=False``: every controller off for a block."""
+        return self.switched_off(Controller)
+
+    def paused(self) -> AbstractContextManager[None]:
+        """Every hook off for a block (e.g. an internal probe forward)."""
+        return self.switched_off(Hook)
 
     def torch_handle_count(self) -> int:
         """How many PyTorch hook handles mi-crow holds (0 when nothing is attached)."""
