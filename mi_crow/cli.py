@@ -23,7 +23,7 @@ def demo(
 
     cfg = DemoConfig(workdir=workdir)
     if quick:
-        cfg.n_train_texts, cfg.n_eval_texts, cfg.epochs = 600, 150, 4
+        cfg.n_train_texts, cfg.n_eval_texts, cfg.epochs, cfg.layer = 600, 150, 4, "transformer_h_1"
         cfg.model = TinyModelConfig(steps=150, n_samples=800, n_layer=2, n_embd=64)
     run_demo(cfg, console)
 

@@ -28,12 +28,12 @@ from mi_crow.store import LocalStore
 @dataclass
 class DemoConfig:
     workdir: Path = field(default_factory=lambda: Path(os.environ.get("MI_CROW_HOME", ".mi_crow")))
-    layer: str = "transformer_h_1"
+    layer: str = "transformer_h_2"  # the last block: category-level features live deeper than word identity
     n_train_texts: int = 3000
     n_eval_texts: int = 400
-    n_latents: int = 512
-    k: int = 8
-    epochs: int = 8
+    n_latents: int = 256
+    k: int = 16
+    epochs: int = 10
     batch_size: int = 256
     steer_bias: float = 8.0
     model: TinyModelConfig = field(default_factory=TinyModelConfig)

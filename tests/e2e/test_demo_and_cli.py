@@ -36,6 +36,7 @@ def test_auroc_matrix_is_exact_on_known_cases():
 def test_miniature_demo_runs_the_whole_workflow(tmp_path: Path):
     cfg = DemoConfig(
         workdir=tmp_path,
+        layer="transformer_h_1",
         n_train_texts=200,
         n_eval_texts=60,
         n_latents=64,
