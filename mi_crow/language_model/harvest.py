@@ -8,8 +8,10 @@ layers after the deepest one (and the LM head, often the most expensive part) ne
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,6 +76,87 @@ class _ShardBuffer:
         return head
 
 
+@dataclass
+class HarvestBatch:
+    """Activations of one batch of texts: only real tokens, one row per token, on the CPU."""
+
+    activations: dict[str, torch.Tensor]  # layer -> (n_tokens, d)
+    token_ids: torch.Tensor  # (n_tokens,)
+    positions: torch.Tensor  # (n_tokens,) position of each token in its text
+    sample_index: torch.Tensor  # (n_tokens,) index of each token's text in dataset order
+    n_samples: int  # texts in this batch
+
+
+def _layer_names(lm: LanguageModel, layers: Sequence[str]) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    if not layers:
+        raise ValueError("no layers given to harvest")
+    return list(dict.fromkeys(lm.resolve_layer(name) for name in layers))
+
+
+def default_dtype(lm: LanguageModel, dtype: str | torch.dtype | None) -> torch.dtype:
+    return parse_dtype(dtype) or (lm.dtype if lm.dtype in (torch.float16, torch.bfloat16) else torch.float32)
+
+
+def iter_harvest(
+    lm: LanguageModel,
+    batches: Iterable[list[str]],
+    layers: Sequence[str],
+    *,
+    max_length: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    stop_early: bool = True,
+) -> Iterator[HarvestBatch]:
+    """Run batches of texts through the model and yield each batch's real-token activations.
+
+    The capture hooks are attached only while the generator runs and always come off, also when the
+    consumer stops early (e.g. a cancelled stream closes the generator).
+    """
+    names = _layer_names(lm, layers)
+    seen: set[str] = set()
+    captures = [_Capture(name, seen, len(names), stop_early) for name in names]
+    n_samples = 0
+    with lm.hooks.attached(*captures):
+        for batch in batches:
+            seen.clear()
+            enc = lm.tokenize(batch, max_length=max_length)
+            with torch.inference_mode(), contextlib.suppress(StopForward):
+                lm.model(**enc, use_cache=False)
+            mask = enc["attention_mask"].bool()
+            positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)[mask].cpu()
+            samples = (n_samples + torch.arange(mask.shape[0], device=mask.device))[:, None].expand_as(mask)
+            acts: dict[str, torch.Tensor] = {}
+            for cap in captures:
+                if cap.tensor is None or cap.tensor.shape[:2] != mask.shape:
+                    shape = None if cap.tensor is None else tuple(cap.tensor.shape)
+                    raise ValueError(f"layer {cap.layer!r} gave {shape}, not (batch, seq, d) activations")
+                acts[cap.layer or ""] = cap.tensor[mask].to(device="cpu", dtype=dtype)
+                cap.tensor = None
+            yield HarvestBatch(acts, enc["input_ids"][mask].cpu(), positions, samples[mask].cpu(), mask.shape[0])
+            n_samples += mask.shape[0]
+
+
+def stream_activations(
+    lm: LanguageModel,
+    dataset: Any,
+    layers: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    sample_limit: int | None = None,
+    text_field: str = "text",
+    split: str | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Iterator[HarvestBatch]:
+    """Harvest without storing: for live training and for the inference server's activation stream."""
+    if batch_size <= 0:
+        raise ValueError("batch_size must be positive")
+    texts = as_text_dataset(dataset, text_field=text_field, split=split, sample_limit=sample_limit)
+    batches = texts.batches(batch_size)
+    yield from iter_harvest(lm, batches, layers, max_length=max_length, dtype=default_dtype(lm, dtype))
+
+
 def save_activations(
     lm: LanguageModel,
     dataset: Any,
@@ -97,36 +180,31 @@ def save_activations(
     dataset or a spec dict). ``shard_size`` is in tokens per shard per layer. Returns the complete run;
     on failure the run is marked failed (never listed as complete) and the error propagates.
     """
-    if isinstance(layers, str):
-        layers = [layers]
-    if not layers:
-        raise ValueError("no layers given to harvest")
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
-    names = list(dict.fromkeys(lm.resolve_layer(name) for name in layers))
+    names = _layer_names(lm, layers)
     widths = {name: lm.hidden_size(name) for name in names}
-    out_dtype = parse_dtype(dtype) or (lm.dtype if lm.dtype in (torch.float16, torch.bfloat16) else torch.float32)
+    out_dtype = default_dtype(lm, dtype)
     store = store or lm.store
     texts = as_text_dataset(dataset, text_field=text_field, split=split, sample_limit=sample_limit)
     batches = iter(texts.batches(batch_size))
     first = next(batches)  # raises EmptyDatasetError before any run directory exists
 
+    dtype_name = str(out_dtype).removeprefix("torch.")
     writer = store.create_run(
         lm.model_id,
-        {name: (widths[name], str(out_dtype).removeprefix("torch.")) for name in names},
+        {name: (widths[name], dtype_name) for name in names},
         run_id=run_id,
         config={
             "layers": names,
             "batch_size": batch_size,
             "shard_size": shard_size,
             "max_length": max_length or lm.max_length,
-            "dtype": str(out_dtype).removeprefix("torch."),
+            "dtype": dtype_name,
             "model_source": lm.source,
         },
         dataset=texts.describe(),
     )
-    seen: set[str] = set()
-    captures = [_Capture(name, seen, len(names), stop_early) for name in names]
     buffers = {name: _ShardBuffer(shard_size) for name in names}
     pending: list[Future[Any]] = []
     n_samples = n_tokens = 0
@@ -138,31 +216,23 @@ def save_activations(
             pending.pop(0).result()
 
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as pool, lm.hooks.attached(*captures):
-            batch: list[str] | None = first
-            while batch is not None:
-                seen.clear()
-                enc = lm.tokenize(batch, max_length=max_length)
-                with torch.inference_mode(), contextlib.suppress(StopForward):
-                    lm.model(**enc, use_cache=False)
-                mask = enc["attention_mask"].bool()
-                ids = enc["input_ids"][mask].cpu()
-                positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)[mask].cpu()
-                samples = (n_samples + torch.arange(mask.shape[0], device=mask.device))[:, None].expand_as(mask)
-                samples = samples[mask].cpu()
-                for cap in captures:
-                    if cap.tensor is None or cap.tensor.shape[:2] != mask.shape:
-                        shape = None if cap.tensor is None else tuple(cap.tensor.shape)
-                        raise ValueError(f"layer {cap.layer!r} gave {shape}, not (batch, seq, d) activations")
-                    acts = cap.tensor[mask].to(device="cpu", dtype=out_dtype)
-                    cap.tensor = None
-                    for full in buffers[cap.layer or ""].add(acts, ids, positions, samples):
-                        submit(pool, cap.layer or "", full)
-                n_samples += mask.shape[0]
-                n_tokens += int(mask.sum())
-                bar.update(mask.shape[0])
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as pool:
+            harvest = iter_harvest(
+                lm,
+                itertools.chain([first], batches),
+                names,
+                max_length=max_length,
+                dtype=out_dtype,
+                stop_early=stop_early,
+            )
+            for hb in harvest:
+                for name, acts in hb.activations.items():
+                    for full in buffers[name].add(acts, hb.token_ids, hb.positions, hb.sample_index):
+                        submit(pool, name, full)
+                n_samples += hb.n_samples
+                n_tokens += hb.token_ids.shape[0]
+                bar.update(hb.n_samples)
                 bar.set_postfix(tokens=n_tokens)
-                batch = next(batches, None)
             for name, buf in buffers.items():
                 rest = buf.drain()
                 if rest is not None:

@@ -18,6 +18,7 @@ from mi_crow.language_model.outputs import ForwardOutput, GenerationOutput
 from mi_crow.store import ActivationRun, LocalStore
 
 if TYPE_CHECKING:
+    from mi_crow.language_model.harvest import HarvestBatch
     from mi_crow.mechanistic.concepts import Concepts
 
 _PROBE_TEXT = "mi crow probe text"
@@ -247,6 +248,12 @@ class LanguageModel:
         from mi_crow.language_model.harvest import save_activations
 
         return save_activations(self, dataset, layers, **kwargs)
+
+    def stream_activations(self, dataset: Any, layers: Sequence[str], **kwargs: Any) -> Iterator[HarvestBatch]:
+        """Harvest without storing, batch by batch; see ``harvest.stream_activations``."""
+        from mi_crow.language_model.harvest import stream_activations
+
+        return stream_activations(self, dataset, layers, **kwargs)
 
     def load_concepts(self, sae_id: str) -> Concepts:
         """The concepts of a stored SAE: its dictionary, default config and steering controls."""

@@ -1,0 +1,1 @@
+"""gRPC services of the mi-crow cluster (installed as ``mi_crow.services``)."""

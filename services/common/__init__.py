@@ -1,0 +1,1 @@
+"""What every mi-crow server shares: configuration, error mapping, auth, conversions, server set-up."""

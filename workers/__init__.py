@@ -1,0 +1,1 @@
+"""RQ workers of the mi-crow cluster (installed as ``mi_crow.workers``)."""

@@ -1,0 +1,107 @@
+"""The training job an RQ worker runs: train an SAE on a stored run, report progress, publish once.
+
+Checkpoints go next to the SAE on the shared volume, so a retry after a worker died resumes from the last
+one; the SAE id is fixed at submission, so every attempt writes the same place and publishes once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from mi_crow.services.artifacts.jobs import TERMINAL, JobStore
+from redis import Redis
+
+from mi_crow.mechanistic.sae import SaeTrainer, TrainingCancelled
+from mi_crow.store import LocalStore
+
+log = logging.getLogger("mi_crow.workers")
+
+DEFAULT_CHECKPOINT_EVERY = 50
+
+
+def _env_store() -> LocalStore:
+    return LocalStore(os.environ.get("MI_CROW_STORE", ".mi_crow/store"))
+
+
+def _env_jobs() -> JobStore:
+    url = os.environ.get("MI_CROW_REDIS_URL", os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return JobStore(Redis.from_url(url), os.environ.get("MI_CROW_QUEUE", "mi_crow-training"))
+
+
+def _hyperparams(request: Any) -> dict[str, Any]:
+    hyper: dict[str, Any] = json.loads(request.hyperparams_json) if request.hyperparams_json else {}
+    if not isinstance(hyper, dict):
+        raise ValueError("hyperparams_json must be a JSON object")
+    for name in ("n_latents", "k", "epochs", "batch_size", "lr"):
+        value = getattr(request, name)
+        if value:
+            hyper[name] = value
+    hyper.setdefault("checkpoint_every", request.checkpoint_every or DEFAULT_CHECKPOINT_EVERY)
+    hyper.setdefault("log_every", 5)
+    return hyper
+
+
+def run_training_job(job_id: str) -> str:
+    jobs = _env_jobs()
+    store = _env_store()
+    job = jobs.get(job_id)
+    if jobs.state(job_id) in TERMINAL:
+        return jobs.state(job_id)  # cancelled while queued, or a duplicate delivery of a finished job
+    req = job.request
+    attempt_started = time.time()
+    jobs.update(job_id, state="RUNNING", started_at=attempt_started)
+    jobs.log(job_id, f"training {req.sae_class or 'TopKSae'} on run {req.run_id} layer {req.layer or '(only layer)'}")
+
+    def on_step(record: dict[str, Any]) -> bool:
+        if jobs.cancel_requested(job_id):
+            return False
+        total = record.get("total_steps") or 0
+        step = int(record.get("step", 0))
+        metrics = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and k not in ("step", "epoch")}
+        fields: dict[str, Any] = {"step": step, "total_steps": total or 0, "metrics": metrics}
+        if total:
+            fields["progress"] = min(1.0, step / total)
+        jobs.update(job_id, **fields)
+        if record.get("phase") == "epoch":
+            ev = record.get("explained_variance", float("nan"))
+            jobs.log(
+                job_id, f"epoch {record.get('epoch')} done: explained variance {ev:.4f}, L0 {record.get('l0', 0):.1f}"
+            )
+        return True
+
+    try:
+        run = store.open_run(req.model_id, req.run_id)
+        trainer = SaeTrainer(
+            None,
+            req.layer or None,
+            req.sae_class or "TopKSae",
+            _hyperparams(req),
+            store=store,
+            sae_id=job.sae_id,
+            progress=False,
+            on_step=on_step,
+        )
+        sae = trainer.train(run, resume=True)
+    except TrainingCancelled:
+        jobs.log(job_id, "stopped: cancel requested")
+        return "CANCELLED"
+    except Exception as exc:
+        jobs.update(job_id, state="FAILED", error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
+        jobs.log(job_id, f"failed: {type(exc).__name__}: {exc}")
+        return "FAILED"  # a deterministic failure: RQ's retries are for workers that die, not for bad input
+    sae_path = store.sae_dir(req.model_id, job.sae_id) / "sae.json"
+    if jobs.state(job_id) not in TERMINAL:
+        jobs.update(
+            job_id,
+            state="SUCCEEDED",
+            progress=1.0,
+            sae_path=str(sae_path.relative_to(store.root)),
+            finished_at=time.time(),
+        )
+    final = trainer.epochs[-1] if trainer.epochs else {}
+    jobs.log(job_id, f"published SAE {sae.id} (explained variance {final.get('explained_variance', float('nan')):.4f})")
+    return "SUCCEEDED"
