@@ -88,6 +88,78 @@ def train(
     typer.echo(json.dumps({"sae_id": sae.id, "final": trainer.epochs[-1]}))
 
 
+def _server_config(port: int | None, redis_url: str | None, store: Path | None, host: str | None = None):
+    import logging
+
+    from mi_crow.services.common.config import ServerConfig
+
+    logging.basicConfig(
+        level=logging.INFO, format='{"t": "%(asctime)s", "level": "%(levelname)s", "msg": "%(message)s"}'
+    )
+    return ServerConfig.from_env(port=port, redis_url=redis_url, artifact_root=store, host=host)
+
+
+@app.command("serve-artifacts")
+def serve_artifacts(
+    port: int | None = typer.Option(None, help="0 picks a free port; default MI_CROW_PORT or 0"),
+    host: str | None = typer.Option(None, help="bind address (default MI_CROW_HOST or 127.0.0.1)"),
+    redis_url: str | None = typer.Option(None, help="default MI_CROW_REDIS_URL"),
+    store: Path | None = typer.Option(None, help="artifact root (default MI_CROW_STORE)"),
+) -> None:
+    """Run the metadata/artifact service (ArtifactService + JobService)."""
+    from mi_crow.services.artifacts.server import main as serve
+
+    serve(_server_config(port, redis_url, store, host))
+
+
+@app.command("serve-inference")
+def serve_inference(
+    port: int | None = typer.Option(None, help="0 picks a free port; default MI_CROW_PORT or 0"),
+    host: str | None = typer.Option(None, help="bind address (default MI_CROW_HOST or 127.0.0.1)"),
+    store: Path | None = typer.Option(None, help="artifact root (default MI_CROW_STORE)"),
+) -> None:
+    """Run the model-inference server (the only process that holds models)."""
+    from mi_crow.services.inference.server import main as serve
+
+    serve(_server_config(port, None, store, host))
+
+
+@app.command()
+def worker(
+    redis_url: str | None = typer.Option(None, help="default MI_CROW_REDIS_URL"),
+    store: Path | None = typer.Option(None, help="artifact root (default MI_CROW_STORE)"),
+    burst: bool = typer.Option(False, help="exit when the queue is empty"),
+) -> None:
+    """Run one RQ training worker."""
+    from mi_crow.workers.worker import run_worker
+
+    run_worker(_server_config(None, redis_url, store), burst=burst)
+
+
+@app.command()
+def up(
+    workdir: Path = typer.Option(Path(".mi_crow/cluster"), help="store, Redis data and logs"),
+    workers: int = typer.Option(2, help="number of RQ training workers"),
+    redis_url: str | None = typer.Option(None, help="use this Redis instead of starting a private one"),
+) -> None:
+    """Start a whole local cluster on this machine and keep it running until Ctrl-C."""
+    import time
+
+    from mi_crow.services.launcher import LocalCluster
+
+    with LocalCluster(workdir.resolve(), redis_url=redis_url, workers=workers) as cluster:
+        console.print(f"redis      {cluster.redis_url}")
+        console.print(f"artifacts  {cluster.artifacts.address if cluster.artifacts else '-'}")
+        console.print(f"inference  {cluster.inference.address if cluster.inference else '-'}")
+        console.print(f"workers    {', '.join(w.name for w in cluster.workers)}")
+        console.print(f"logs       {cluster.workdir / 'logs'}  (Ctrl-C stops everything)")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            console.print("stopping")
+
+
 def main() -> None:
     app()
 

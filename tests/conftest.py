@@ -74,3 +74,18 @@ TEXTS = [
 @pytest.fixture
 def texts() -> list[str]:
     return list(TEXTS)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for the session (or the one named by REDIS_URL)."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    from mi_crow.services.launcher import RedisProcess
+
+    proc = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield proc.url
+    finally:
+        proc.stop()

@@ -12,10 +12,10 @@ import os
 import time
 from typing import Any
 
-from mi_crow.services.artifacts.jobs import TERMINAL, JobStore
 from redis import Redis
 
 from mi_crow.mechanistic.sae import SaeTrainer, TrainingCancelled
+from mi_crow.services.artifacts.jobs import TERMINAL, JobStore
 from mi_crow.store import LocalStore
 
 log = logging.getLogger("mi_crow.workers")

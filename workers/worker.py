@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
-from mi_crow.services.common.config import ServerConfig
 from redis import Redis
 from rq import Worker
+
+from mi_crow.services.common.config import ServerConfig
 
 log = logging.getLogger("mi_crow.workers")
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from redis import Redis
+
 from mi_crow.services.artifacts.jobs import JobStore
 from mi_crow.services.artifacts.service import ArtifactServicer, JobServicer
 from mi_crow.services.common.config import ServerConfig
 from mi_crow.services.common.server import RunningServer, serve_until_signal, start_server
-from redis import Redis
-
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc
 
 log = logging.getLogger("mi_crow.services.artifacts")

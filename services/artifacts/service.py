@@ -7,14 +7,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mi_crow.mechanistic.concepts import ConceptConfig, ConceptDictionary
+from mi_crow.mechanistic.sae import SAE_CLASSES, TrainingConfig
 from mi_crow.services.artifacts.jobs import TERMINAL, JobStore
 from mi_crow.services.common.auth import require_admin
 from mi_crow.services.common.config import ServerConfig
 from mi_crow.services.common.convert import run_info, sae_info
 from mi_crow.services.common.errors import servicer
-
-from mi_crow.mechanistic.concepts import ConceptConfig, ConceptDictionary
-from mi_crow.mechanistic.sae import SAE_CLASSES, TrainingConfig
 from mi_crow.store import LocalStore, read_json, validate_name
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2
 

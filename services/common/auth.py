@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 
 import grpc
+
 from mi_crow.services.common.errors import ServiceError
 
 

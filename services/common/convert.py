@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 import torch
-from mi_crow.services.common.errors import ServiceError
 
 from mi_crow.datasets import TextDataset
+from mi_crow.services.common.errors import ServiceError
 from mi_crow.store import RunManifest
 from mi_crow.v1 import artifacts_pb2, common_pb2
 
