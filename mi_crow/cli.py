@@ -137,6 +137,23 @@ def worker(
 
 
 @app.command()
+def health(address: str = typer.Argument(..., help="host:port of any mi-crow server")) -> None:
+    """Exit 0 if the server reports SERVING (used by container healthchecks)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.RpcError as exc:
+            console.print(f"{address}: {exc.code().name}")
+            raise typer.Exit(1) from None
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    console.print(f"{address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+    raise typer.Exit(0 if serving else 1)
+
+
+@app.command()
 def up(
     workdir: Path = typer.Option(Path(".mi_crow/cluster"), help="store, Redis data and logs"),
     workers: int = typer.Option(2, help="number of RQ training workers"),

@@ -1,0 +1,60 @@
+"""docker-compose.yml and the Dockerfile, checked statically (no Docker engine here)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from typer.main import get_command
+
+from mi_crow.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_file_is_valid_against_the_compose_spec():
+    exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
+    result = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_containers_run_the_commands_the_local_launcher_runs():
+    launcher = (ROOT / "services" / "launcher.py").read_text()
+    cli = get_command(app)
+    services = _compose()["services"]
+    for name in ("artifacts", "inference", "worker"):
+        subcommand = services[name]["command"][0]
+        assert subcommand in cli.commands, f"{name}: 'mi-crow {subcommand}' does not exist"  # type: ignore[attr-defined]
+        assert f'"{subcommand}"' in launcher, f"the local launcher does not run {subcommand}"
+    healthcheck = services["artifacts"]["healthcheck"]["test"]
+    assert healthcheck[1:3] == ["mi-crow", "health"] and "health" in cli.commands  # type: ignore[attr-defined]
+
+
+def test_compose_shape_redis_aof_gpu_scalable_workers_shared_volume():
+    services = _compose()["services"]
+    assert "--appendonly" in services["redis"]["command"]
+    gpu = services["inference"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker  # --scale worker=N needs both absent
+    for name in ("artifacts", "inference", "worker"):
+        mounts = services[name].get("volumes") or _compose()["x-mi-crow"]["volumes"]
+        assert any(str(m).startswith("artifacts:/artifacts") for m in mounts), name
+        assert services[name]["environment"]["MI_CROW_REDIS_URL"].startswith("redis://redis:")
+
+
+def test_dockerfile_installs_the_project_with_its_generated_stubs():
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    for needed in ("COPY protos", "COPY services", "COPY workers", 'pip install ".[server]"', 'ENTRYPOINT ["mi-crow"]'):
+        assert needed in text
