@@ -1,0 +1,180 @@
+"""``mi_crow.client``: a high-level Python client over the generated stubs.
+
+Every call has a deadline; UNAVAILABLE is retried with exponential backoff by gRPC itself (service
+config), so a restarting server is waited for rather than reported as an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+import torch
+
+from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2, inference_pb2, inference_pb2_grpc
+
+_RETRY = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "mi_crow.v1.ArtifactService"}, {"service": "mi_crow.v1.JobService"},
+                         {"service": "mi_crow.v1.InferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)  # fmt: skip
+_OPTIONS = [("grpc.enable_retries", 1), ("grpc.service_config", _RETRY)]
+
+
+def _channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=_OPTIONS)
+
+
+def dataset_spec(
+    texts: Sequence[str] | None = None,
+    *,
+    paths: Sequence[str] | None = None,
+    hf_name: str = "",
+    split: str = "",
+    text_field: str = "",
+    sample_limit: int = 0,
+) -> common_pb2.DatasetSpec:
+    return common_pb2.DatasetSpec(
+        texts=list(texts or []),
+        paths=list(paths or []),
+        hf_name=hf_name,
+        split=split,
+        text_field=text_field,
+        sample_limit=sample_limit,
+    )
+
+
+class Client:
+    """Talks to an artifact service and (optionally) an inference server."""
+
+    def __init__(
+        self,
+        artifacts: str | None = None,
+        inference: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._channels: list[grpc.Channel] = []
+        if artifacts:
+            ch = _channel(artifacts)
+            self._channels.append(ch)
+            self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(ch)
+            self.jobs = artifacts_pb2_grpc.JobServiceStub(ch)
+        if inference:
+            ch = _channel(inference)
+            self._channels.append(ch)
+            self.inference = inference_pb2_grpc.InferenceServiceStub(ch)
+
+    def close(self) -> None:
+        for ch in self._channels:
+            ch.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _kw(self, timeout: float | None = None) -> dict[str, Any]:
+        return {"timeout": timeout or self.timeout, "metadata": self._metadata}
+
+    # -- models and inference ------------------------------------------------------------------------
+    def load_model(self, model_id: str, *, dtype: str = "", device: str = "") -> inference_pb2.ModelInfo:
+        req = inference_pb2.LoadModelRequest(model_id=model_id, dtype=dtype, device=device)
+        return self.inference.LoadModel(req, **self._kw(600))
+
+    def layers(self, model_id: str) -> list[inference_pb2.LayerInfo]:
+        return list(self.inference.ListLayers(inference_pb2.ListLayersRequest(model_id=model_id), **self._kw()).layers)
+
+    def save_activations(
+        self, model_id: str, layers: Sequence[str], dataset: common_pb2.DatasetSpec, **kw: Any
+    ) -> inference_pb2.SaveActivationsResponse:
+        req = inference_pb2.SaveActivationsRequest(model_id=model_id, layers=list(layers), dataset=dataset, **kw)
+        return self.inference.SaveActivations(req, **self._kw(3600))
+
+    def stream_activations(
+        self, model_id: str, layers: Sequence[str], dataset: common_pb2.DatasetSpec, **kw: Any
+    ) -> Iterator[tuple[str, torch.Tensor, common_pb2.TensorChunk]]:
+        """Yield (layer, rows, chunk) as chunks arrive; rows are zero-copy views checked against sha256."""
+        from mi_crow.chunks import chunk_to_tensor
+
+        req = inference_pb2.StreamActivationsRequest(model_id=model_id, layers=list(layers), dataset=dataset, **kw)
+        for chunk in self.inference.StreamActivations(req, **self._kw(3600)):
+            yield chunk.layer, chunk_to_tensor(chunk), chunk
+
+    def infer_sae(
+        self, model_id: str, sae_id: str, prompts: Sequence[str], **kw: Any
+    ) -> inference_pb2.InferSaeResponse:
+        edits = kw.pop("edits", None)
+        req = inference_pb2.InferSaeRequest(model_id=model_id, sae_id=sae_id, prompts=list(prompts), **kw)
+        for latent, edit in (edits or {}).items():
+            scale, bias = (edit.get("scale", 1.0), edit.get("bias", 0.0)) if isinstance(edit, Mapping) else (edit, 0.0)
+            req.edits[int(latent)].CopyFrom(common_pb2.LatentEdit(scale=scale, bias=bias))
+        return self.inference.InferSae(req, **self._kw(600))
+
+    # -- runs, SAEs, concepts ------------------------------------------------------------------------
+    def list_runs(self, model_id: str = "") -> list[artifacts_pb2.RunInfo]:
+        return list(
+            self.artifacts.ListActivationRuns(artifacts_pb2.ListRunsRequest(model_id=model_id), **self._kw()).runs
+        )
+
+    def list_saes(self, model_id: str = "") -> list[common_pb2.SaeInfo]:
+        return list(self.artifacts.ListSaes(artifacts_pb2.ListSaesRequest(model_id=model_id), **self._kw()).saes)
+
+    def delete_run(self, model_id: str, run_id: str) -> bool:
+        ref = common_pb2.RunRef(model_id=model_id, run_id=run_id)
+        return self.artifacts.DeleteActivationRun(ref, **self._kw()).deleted
+
+    def delete_sae(self, model_id: str, sae_id: str) -> bool:
+        return self.artifacts.DeleteSae(common_pb2.SaeRef(model_id=model_id, sae_id=sae_id), **self._kw()).deleted
+
+    def manipulate(self, model_id: str, sae_id: str, edits: Mapping[int, float], name: str = "default"):
+        req = artifacts_pb2.ManipulateConceptsRequest(
+            sae=common_pb2.SaeRef(model_id=model_id, sae_id=sae_id), name=name
+        )
+        for latent, scale in edits.items():
+            req.edits[int(latent)].CopyFrom(common_pb2.LatentEdit(scale=float(scale)))
+        return self.artifacts.ManipulateConcepts(req, **self._kw())
+
+    # -- jobs ----------------------------------------------------------------------------------------
+    def train(self, model_id: str, run_id: str, layer: str = "", **kw: Any) -> artifacts_pb2.Job:
+        hyper = kw.pop("hyperparams", None)
+        if hyper:
+            kw["hyperparams_json"] = json.dumps(hyper)
+        req = artifacts_pb2.TrainingRequest(model_id=model_id, run_id=run_id, layer=layer, **kw)
+        return self.jobs.SubmitTraining(req, **self._kw())
+
+    def job(self, job_id: str) -> artifacts_pb2.Job:
+        return self.jobs.GetJob(artifacts_pb2.JobRef(job_id=job_id), **self._kw())
+
+    def cancel(self, job_id: str) -> artifacts_pb2.Job:
+        return self.jobs.CancelJob(artifacts_pb2.JobRef(job_id=job_id), **self._kw())
+
+    def watch(self, job_id: str, timeout: float = 24 * 3600) -> Iterator[artifacts_pb2.Job]:
+        yield from self.jobs.WatchJob(artifacts_pb2.JobRef(job_id=job_id), timeout=timeout, metadata=self._metadata)
+
+    def wait(self, job_id: str, timeout: float = 24 * 3600) -> artifacts_pb2.Job:
+        last = None
+        for update in self.watch(job_id, timeout):
+            last = update
+        return last if last is not None else self.job(job_id)
+
+    def metrics(self) -> artifacts_pb2.Metrics:
+        return self.jobs.GetMetrics(artifacts_pb2.GetMetricsRequest(), **self._kw())
