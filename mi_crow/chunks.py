@@ -1,11 +1,12 @@
-"""Tensors on the wire: rows of a tensor as TensorChunk messages (raw little-endian bytes + sha256)."""
+"""Tensors on the wire: rows of a tensor as TensorChunk messages (raw little-endian bytes + XXH3 checksum)."""
 
 from __future__ import annotations
 
-import hashlib
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
+import xxhash
 
 from mi_crow.v1 import common_pb2
 
@@ -46,23 +47,26 @@ def tensor_to_chunk(
         token_ids=list(token_ids),
         positions=list(positions),
         sample_index=list(sample_index),
-        sha256=hashlib.sha256(raw).hexdigest(),
+        xxh3_64=xxhash.xxh3_64_hexdigest(raw),
         last=last,
     )
 
 
 def chunk_to_tensor(chunk: common_pb2.TensorChunk, *, verify: bool = True) -> torch.Tensor:
-    """Zero-copy view over the received bytes (checked against the chunk's sha256)."""
+    """Zero-copy view over the received bytes (checked against the chunk's checksum)."""
     if chunk.dtype not in _TORCH:
         raise ValueError(f"unknown dtype {chunk.dtype} in tensor chunk {chunk.sequence}")
     if not chunk.little_endian:
         raise ValueError("big-endian tensor chunks are not supported")
-    if verify and chunk.sha256 and hashlib.sha256(chunk.data).hexdigest() != chunk.sha256:
+    if verify and chunk.xxh3_64 and xxhash.xxh3_64_hexdigest(chunk.data) != chunk.xxh3_64:
         raise ValueError(f"tensor chunk {chunk.sequence} of layer {chunk.layer!r} failed its checksum")
     dtype = _TORCH[chunk.dtype]
     if not chunk.data:
         return torch.empty(tuple(chunk.shape), dtype=dtype)
-    flat = torch.frombuffer(bytearray(chunk.data) if dtype == torch.bfloat16 else chunk.data, dtype=dtype)
+    with warnings.catch_warnings():
+        # The bytes are immutable and the view is only read; torch warns about non-writable buffers anyway.
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.frombuffer(bytearray(chunk.data) if dtype == torch.bfloat16 else chunk.data, dtype=dtype)
     return flat.reshape(tuple(chunk.shape))
 
 

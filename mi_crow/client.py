@@ -112,7 +112,7 @@ class Client:
     def stream_activations(
         self, model_id: str, layers: Sequence[str], dataset: common_pb2.DatasetSpec, **kw: Any
     ) -> Iterator[tuple[str, torch.Tensor, common_pb2.TensorChunk]]:
-        """Yield (layer, rows, chunk) as chunks arrive; rows are zero-copy views checked against sha256."""
+        """Yield (layer, rows, chunk) as chunks arrive; rows are zero-copy views checked against the chunk checksum."""
         from mi_crow.chunks import chunk_to_tensor
 
         req = inference_pb2.StreamActivationsRequest(model_id=model_id, layers=list(layers), dataset=dataset, **kw)

@@ -227,6 +227,8 @@ class LocalCluster:
             self.artifacts = self._service(["serve-artifacts", "--port", "0"], "artifacts")
             if self.with_inference:
                 self.inference = self._service(["serve-inference", "--port", "0"], "inference")
+                # Workers stream live activations from this server (jobs with a LiveSource).
+                self.extra_env["MI_CROW_INFERENCE_ADDRESS"] = self.inference.address
             for _ in range(self.n_workers):
                 self.add_worker()
         except BaseException:

@@ -17,6 +17,7 @@ from redis import Redis
 from mi_crow.mechanistic.sae import SaeTrainer, TrainingCancelled
 from mi_crow.services.artifacts.jobs import TERMINAL, JobStore
 from mi_crow.store import LocalStore
+from mi_crow.workers.live import live_source
 
 log = logging.getLogger("mi_crow.workers")
 
@@ -54,7 +55,8 @@ def run_training_job(job_id: str) -> str:
     req = job.request
     attempt_started = time.time()
     jobs.update(job_id, state="RUNNING", started_at=attempt_started)
-    jobs.log(job_id, f"training {req.sae_class or 'TopKSae'} on run {req.run_id} layer {req.layer or '(only layer)'}")
+    source = "a live activation stream" if req.HasField("stream") else f"run {req.run_id}"
+    jobs.log(job_id, f"training {req.sae_class or 'TopKSae'} on {source}, layer {req.layer or '(the only one)'}")
 
     def on_step(record: dict[str, Any]) -> bool:
         if jobs.cancel_requested(job_id):
@@ -74,7 +76,11 @@ def run_training_job(job_id: str) -> str:
         return True
 
     try:
-        run = store.open_run(req.model_id, req.run_id)
+        if req.HasField("stream"):
+            address = os.environ.get("MI_CROW_INFERENCE_ADDRESS", "")
+            data = live_source(address, req.model_id, req.layer, req.stream)
+        else:
+            data = store.open_run(req.model_id, req.run_id)
         trainer = SaeTrainer(
             None,
             req.layer or None,
@@ -85,7 +91,7 @@ def run_training_job(job_id: str) -> str:
             progress=False,
             on_step=on_step,
         )
-        sae = trainer.train(run, resume=True)
+        sae = trainer.train(data, resume=True)
     except TrainingCancelled:
         jobs.log(job_id, "stopped: cancel requested")
         return "CANCELLED"

@@ -12,7 +12,7 @@ from mi_crow.mechanistic.sae import SAE_CLASSES, TrainingConfig
 from mi_crow.services.artifacts.jobs import TERMINAL, JobStore
 from mi_crow.services.common.auth import require_admin
 from mi_crow.services.common.config import ServerConfig
-from mi_crow.services.common.convert import run_info, sae_info
+from mi_crow.services.common.convert import dataset_from_spec, run_info, sae_info
 from mi_crow.services.common.errors import servicer
 from mi_crow.store import LocalStore, read_json, validate_name
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2
@@ -145,13 +145,20 @@ class JobServicer(artifacts_pb2_grpc.JobServiceServicer):
 
     def _validate(self, req: artifacts_pb2.TrainingRequest) -> None:
         """Refuse what would only fail on a worker: unknown run, layer, class or hyperparameter."""
-        if not req.model_id or not req.run_id:
-            raise ValueError("model_id and run_id are required")
-        run = self.store.open_run(req.model_id, req.run_id)  # NOT_FOUND / FAILED_PRECONDITION if not complete
-        if req.layer:
-            run.layer(req.layer)
-        elif len(run.layers) != 1:
-            raise ValueError(f"run {req.run_id!r} has layers {run.layers}; say which to train on")
+        if req.HasField("stream"):
+            if not req.model_id or not req.layer:
+                raise ValueError("live training needs model_id and layer")
+            if req.run_id:
+                raise ValueError("set either run_id or stream, not both")
+            dataset_from_spec(req.stream.dataset, self.cfg.dataset_roots)  # same checks the server will make
+        else:
+            if not req.model_id or not req.run_id:
+                raise ValueError("model_id and run_id are required (or a live stream)")
+            run = self.store.open_run(req.model_id, req.run_id)  # NOT_FOUND / FAILED_PRECONDITION if incomplete
+            if req.layer:
+                run.layer(req.layer)
+            elif len(run.layers) != 1:
+                raise ValueError(f"run {req.run_id!r} has layers {run.layers}; say which to train on")
         if req.sae_class and req.sae_class not in SAE_CLASSES:
             raise ValueError(f"unknown SAE class {req.sae_class!r}; choose from {sorted(SAE_CLASSES)}")
         if req.hyperparams_json:

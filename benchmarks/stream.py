@@ -1,0 +1,128 @@
+"""Activation streaming over gRPC on loopback vs a raw TCP socket moving the same bytes, process to process.
+
+The gRPC side is the real path: the sender builds TensorChunks with ``tensor_to_chunk`` (raw bytes + sha256)
+of about 1 MiB each; the receiver turns each into a tensor with ``chunk_to_tensor`` (checksum verified).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import statistics
+import time
+from concurrent import futures
+
+import grpc
+import torch
+
+from mi_crow.chunks import chunk_to_tensor, iter_chunks, rows_per_chunk
+from mi_crow.v1 import common_pb2
+
+D_MODEL = 768
+VERIFY = True
+METHOD = "/bench.Stream/Rows"
+
+
+def _payload(total_mib: int) -> torch.Tensor:
+    rows = total_mib * (1 << 20) // (D_MODEL * 4)
+    return torch.randn(rows, D_MODEL)
+
+
+def _tcp_sender(port_q: mp.Queue, total_mib: int, repeats: int) -> None:
+    data = _payload(total_mib).numpy().tobytes()
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port_q.put(srv.getsockname()[1])
+        for _ in range(repeats):
+            conn, _ = srv.accept()
+            with conn:
+                conn.sendall(data)
+
+
+def _grpc_sender(port_q: mp.Queue, total_mib: int) -> None:
+    tensor = _payload(total_mib)
+    rows = rows_per_chunk(D_MODEL, 4)
+
+    def stream(request: bytes, context: grpc.ServicerContext):
+        yield from iter_chunks(tensor, layer="bench", start_sequence=0, rows=rows)
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Stream",
+        {
+            "Rows": grpc.unary_stream_rpc_method_handler(
+                stream, response_serializer=common_pb2.TensorChunk.SerializeToString
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    port_q.put(port)
+    server.wait_for_termination()
+
+
+def _tcp_receive(port: int, nbytes: int) -> float:
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        got = 0
+        while got < nbytes:
+            n = conn.recv_into(view[got:])
+            if n == 0:
+                break
+            got += n
+    elapsed = time.perf_counter() - start
+    assert got == nbytes, (got, nbytes)
+    return nbytes / elapsed
+
+
+def _grpc_receive(channel: grpc.Channel, nbytes: int) -> float:
+    call = channel.unary_stream(
+        METHOD, request_serializer=lambda b: b, response_deserializer=common_pb2.TensorChunk.FromString
+    )
+    start = time.perf_counter()
+    got = 0
+    for chunk in call(b""):
+        got += chunk_to_tensor(chunk, verify=VERIFY).numel() * 4
+    elapsed = time.perf_counter() - start
+    assert got == nbytes, (got, nbytes)
+    return nbytes / elapsed
+
+
+def bench_stream(total_mib: int, repeats: int) -> tuple[float, float, str]:
+    """Median bytes/s of (gRPC, raw TCP) for ``total_mib`` MiB, alternating the two."""
+    ctx = mp.get_context("spawn")
+    nbytes = _payload(total_mib).numel() * 4
+    tcp_q: mp.Queue = ctx.Queue()
+    grpc_q: mp.Queue = ctx.Queue()
+    tcp_proc = ctx.Process(target=_tcp_sender, args=(tcp_q, total_mib, repeats + 1), daemon=True)
+    grpc_proc = ctx.Process(target=_grpc_sender, args=(grpc_q, total_mib), daemon=True)
+    tcp_proc.start()
+    grpc_proc.start()
+    tcp_port, grpc_port = tcp_q.get(timeout=120), grpc_q.get(timeout=120)
+    opts = [("grpc.max_receive_message_length", 16 << 20)]
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=opts) as channel:
+        _grpc_receive(channel, nbytes)  # warm-up
+        _tcp_receive(tcp_port, nbytes)
+        g, t = [], []
+        for i in range(repeats):
+            if i % 2:
+                t.append(_tcp_receive(tcp_port, nbytes))
+                g.append(_grpc_receive(channel, nbytes))
+            else:
+                g.append(_grpc_receive(channel, nbytes))
+                t.append(_tcp_receive(tcp_port, nbytes))
+    grpc_proc.terminate()
+    tcp_proc.join(5)
+    note = (
+        f"{total_mib} MiB of float32 rows (d={D_MODEL}) in ~1 MiB TensorChunks with sha256, sender/receiver processes"
+    )
+    return statistics.median(g), statistics.median(t), note
+
+
+if __name__ == "__main__":
+    g, t, note = bench_stream(64, 5)
+    print(f"grpc {g / 1e9:.2f} GB/s  tcp {t / 1e9:.2f} GB/s  ratio {g / t:.2f}  ({note})")
