@@ -270,6 +270,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"harvest rows done in {time.perf_counter() - started:.0f}s", flush=True)
     sae_row, ev_line = bench_sae(n_vectors, n_latents, repeats)
     rows.append(sae_row)
+    from benchmarks.stream import bench_stream
+
+    grpc_rate, tcp_rate, stream_note = bench_stream(32 if args.quick else 64, repeats)
+    rows.append(Row("stream", "MB/s", grpc_rate / 1e6, tcp_rate / 1e6, 0.5, stream_note + "; ref: raw TCP socket"))
     notes = [f"- {r.name}: {r.note}" for r in rows] + [f"- {ev_line}"]
     footer = f"total {time.perf_counter() - started:.0f}s"
 
