@@ -1,0 +1,33 @@
+"""``mi-crow serve-inference``: the model-inference server process."""
+
+from __future__ import annotations
+
+import logging
+
+from mi_crow.services.common.config import ServerConfig
+from mi_crow.services.common.server import RunningServer, serve_until_signal, start_server
+from mi_crow.services.inference.service import InferenceServicer
+from mi_crow.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger("mi_crow.services.inference")
+
+
+def start_inference_server(cfg: ServerConfig, servicer: InferenceServicer | None = None) -> RunningServer:
+    """Start serving ``cfg``; pass ``servicer`` to keep a handle on its pool and counters (tests, embedding)."""
+    servicer = servicer or InferenceServicer(cfg)
+    name = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+    return start_server(
+        [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, name)],
+        host=cfg.host,
+        port=cfg.port,
+        max_workers=cfg.max_workers,
+    )
+
+
+def main(cfg: ServerConfig) -> None:
+    servicer = InferenceServicer(cfg)
+    running = start_inference_server(cfg, servicer)
+    aliases = ", ".join(sorted(servicer.pool.aliases)) or "none"
+    log.warning("inference service on %s:%d, store %s, aliases: %s", cfg.host, running.port, cfg.artifact_root, aliases)
+    print(f"mi-crow inference listening on {cfg.host}:{running.port}", flush=True)
+    serve_until_signal(running, cfg.grace_seconds)
