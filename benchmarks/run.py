@@ -196,7 +196,7 @@ def bench_sae(n_vectors: int, n_latents: int, repeats: int) -> tuple[Row, str]:
     def ours() -> float:
         hp = {"epochs": 1, "batch_size": SAE_BATCH, "k": SAE_K, "n_latents": n_latents, "log_every": 10**9}
         with tempfile.TemporaryDirectory(prefix="mi_crow_bench_sae_") as tmp:
-            trainer = SaeTrainer(None, "x", TopKSae, hp, progress=False, store=LocalStore(tmp))
+            trainer = SaeTrainer(None, "x", TopKSae, hp, progress=False, store=LocalStore(tmp), model_id="bench")
             # Timed from train() to its return: includes init, per-step metrics and saving the SAE.
             t0 = time.perf_counter()
             sae = trainer.train(data)

@@ -88,6 +88,7 @@ def run_training_job(job_id: str) -> str:
             _hyperparams(req),
             store=store,
             sae_id=job.sae_id,
+            model_id=req.model_id,
             progress=False,
             on_step=on_step,
         )

@@ -18,6 +18,10 @@ def run_worker(cfg: ServerConfig, *, burst: bool = False, name: str | None = Non
     os.environ["MI_CROW_STORE"] = str(cfg.artifact_root)
     os.environ["MI_CROW_REDIS_URL"] = cfg.redis_url
     os.environ["MI_CROW_QUEUE"] = cfg.queue_name
+    # Import the job code (torch included) once in the parent: every forked work horse then starts warm.
+    # No CUDA context is created by importing, so forking stays safe on GPU hosts.
+    import mi_crow.workers.training  # noqa: F401
+
     redis = Redis.from_url(cfg.redis_url)
     worker = Worker([cfg.queue_name], connection=redis, name=name, worker_ttl=30, maintenance_interval=15)
     log.info("worker %s on %s (queue %s)", worker.name, cfg.redis_url, cfg.queue_name)

@@ -65,6 +65,7 @@ class SaeTrainer:
         sae_kwargs: dict[str, Any] | None = None,
         store: LocalStore | None = None,
         sae_id: str | None = None,
+        model_id: str | None = None,
         progress: bool = True,
         on_step: StepCallback | None = None,
     ) -> None:
@@ -79,6 +80,7 @@ class SaeTrainer:
         self.sae_kwargs = dict(sae_kwargs or {})
         self.store = store or (model.store if model is not None else LocalStore())
         self.sae_id = sae_id or new_id("sae")
+        self.model_id = model_id  # names the SAE's model when training without a LanguageModel (e.g. a stream)
         self.progress = progress
         self.on_step = on_step
         self.history: list[dict[str, Any]] = []
@@ -223,7 +225,10 @@ class SaeTrainer:
     def _model_id(self, source: BatchSource) -> str:
         if self.model is not None:
             return self.model.model_id
-        return source.description.get("model_id") or "unknown-model"
+        model_id = self.model_id or source.description.get("model_id")
+        if not model_id:
+            raise ValueError("training without a model on a source that names none: pass model_id=")
+        return model_id
 
     @staticmethod
     def _auxk(sae: Sae, out: SaeOutput, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor | None:

@@ -1,0 +1,242 @@
+"""The seed's SAE API walk-through, call by call, through the generated stubs against a real local cluster:
+redis-server, the artifact service, the inference server and two RQ workers, each its own process."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mi_crow.services.launcher import LocalCluster
+from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2, inference_pb2, inference_pb2_grpc
+
+ADMIN = "walkthrough-key"
+TEXTS = [
+    f"{a} {b} walked to the {c} and saw a {d}"
+    for a in ("anna", "ben", "clara", "david")
+    for b in ("slowly", "quickly", "happily")
+    for c in ("park", "river", "market", "school")
+    for d in ("cat", "dog", "red bird")
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, gpt2_dir: Path) -> Iterator[LocalCluster]:
+    work = tmp_path_factory.mktemp("walkthrough")
+    data = work / "data"
+    data.mkdir()
+    (data / "texts.txt").write_text("\n".join(TEXTS) + "\n")
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": TEXTS[:60]}).save_to_disk(str(data / "hf"))
+    env = {
+        "MI_CROW_MODEL_ALIASES": json.dumps({"tiny": str(gpt2_dir)}),
+        "MI_CROW_DATASET_ROOTS": str(data),
+        "MI_CROW_ADMIN_KEY": ADMIN,
+    }
+    with LocalCluster(work, workers=2, extra_env=env) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stubs(cluster: LocalCluster):  # type: ignore[no-untyped-def]
+    assert cluster.artifacts and cluster.inference
+    a = grpc.insecure_channel(cluster.artifacts.address)
+    i = grpc.insecure_channel(cluster.inference.address, options=[("grpc.max_receive_message_length", 16 << 20)])
+    yield (
+        inference_pb2_grpc.InferenceServiceStub(i),
+        artifacts_pb2_grpc.ArtifactServiceStub(a),
+        artifacts_pb2_grpc.JobServiceStub(a),
+    )
+    a.close()
+    i.close()
+
+
+def _state(job: artifacts_pb2.Job) -> str:
+    return artifacts_pb2.JobState.Name(job.state)
+
+
+def _finish(jobs, job_id: str) -> artifacts_pb2.Job:  # type: ignore[no-untyped-def]
+    updates = list(jobs.WatchJob(artifacts_pb2.JobRef(job_id=job_id), timeout=300))
+    return updates[-1]
+
+
+def test_seed_sae_api_walkthrough(cluster: LocalCluster, stubs):  # type: ignore[no-untyped-def]
+    inference, artifacts, jobs = stubs
+    data = cluster.workdir / "data"
+    # Load a model.
+    info = inference.LoadModel(inference_pb2.LoadModelRequest(model_id="tiny"), timeout=120)
+    assert info.loaded
+    # Save activations from a local file dataset and from a local HF dataset directory.
+    file_run = inference.SaveActivations(
+        inference_pb2.SaveActivationsRequest(
+            model_id="tiny",
+            layers=["transformer_h_0"],
+            dataset=common_pb2.DatasetSpec(paths=[str(data / "texts.txt")]),
+            batch_size=16,
+            shard_size=512,
+            run_id="file-run",
+        ),
+        timeout=300,
+    )
+    assert file_run.n_samples == len(TEXTS) and file_run.n_tokens > 0 and file_run.n_shards >= 2
+    hf_run = inference.SaveActivations(
+        inference_pb2.SaveActivationsRequest(
+            model_id="tiny",
+            layers=["transformer_h_0"],
+            dataset=common_pb2.DatasetSpec(paths=[str(data / "hf")], sample_limit=40),
+        ),
+        timeout=300,
+    )
+    assert hf_run.n_samples == 40
+    # List runs.
+    runs = {r.run_id: r for r in artifacts.ListActivationRuns(artifacts_pb2.ListRunsRequest(model_id="tiny")).runs}
+    assert {"file-run", hf_run.run_id} <= set(runs) and runs["file-run"].status == "complete"
+    size = artifacts.GetLayerSize(
+        artifacts_pb2.LayerSizeRequest(model_id="tiny", run_id="file-run", layer="transformer_h_0")
+    )
+    # Train (TopK) and watch to completion; status with SAE id, paths, progress and logs.
+    train = artifacts_pb2.TrainingRequest(
+        model_id="tiny", run_id="file-run", layer="transformer_h_0", sae_class="TopKSae", epochs=6, batch_size=64, k=4
+    )
+    job = jobs.SubmitTraining(train)
+    done = _finish(jobs, job.job_id)
+    assert _state(done) == "SUCCEEDED", done.error
+    status = jobs.GetJob(artifacts_pb2.JobRef(job_id=job.job_id))
+    assert status.sae_id == job.sae_id and status.sae_path.endswith(f"{job.sae_id}/sae.json")
+    assert status.progress == 1.0 and any("published" in line for line in status.logs)
+    # Cancel a second job mid-training.
+    long = jobs.SubmitTraining(
+        artifacts_pb2.TrainingRequest(model_id="tiny", run_id="file-run", epochs=10000, batch_size=8)
+    )
+    deadline = time.time() + 60
+    while _state(jobs.GetJob(artifacts_pb2.JobRef(job_id=long.job_id))) != "RUNNING":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert _state(jobs.CancelJob(artifacts_pb2.JobRef(job_id=long.job_id))) == "CANCELLED"
+    # Load the SAE; list SAEs.
+    sae_ref = common_pb2.SaeRef(model_id="tiny", sae_id=job.sae_id)
+    sae = inference.LoadSae(sae_ref)
+    assert sae.d_in == size.d_model and sae.layer == "transformer_h_0"
+    assert job.sae_id in [s.sae_id for s in artifacts.ListSaes(artifacts_pb2.ListSaesRequest(model_id="tiny")).saes]
+    # Infer with top texts, top-k neurons and per-token latents.
+    out = inference.InferSae(
+        inference_pb2.InferSaeRequest(
+            model_id="tiny",
+            sae_id=job.sae_id,
+            prompts=TEXTS[:3],
+            top_k_neurons=5,
+            return_token_latents=True,
+            save_top_texts=True,
+        ),
+        timeout=120,
+    )
+    assert len(out.outputs) == 3 and 0 < len(out.outputs[0].top_latents) <= 5
+    assert out.outputs[0].token_latents and out.top_texts_path.endswith("top_texts.json")
+    strongest = out.outputs[0].top_latents[0].latent
+    # Concepts: load, list, manipulate, preview, list configs.
+    csv = f"latent,name\n{strongest},walkers\n".encode()
+    loaded = artifacts.LoadConcepts(artifacts_pb2.LoadConceptsRequest(sae=sae_ref, content=csv, format="csv"))
+    assert loaded.concepts[0].name == "walkers"
+    assert "top_texts.json" in artifacts.ListConcepts(sae_ref).files
+    # A bias adds the latent's direction even where it does not fire (e.g. on generated tokens).
+    edits = {strongest: common_pb2.LatentEdit(scale=300.0, bias=50.0)}
+    preview = artifacts.PreviewConcepts(artifacts_pb2.ManipulateConceptsRequest(sae=sae_ref, edits=edits))
+    assert preview.edits[strongest].scale == 300.0 and not preview.path
+    artifacts.ManipulateConcepts(artifacts_pb2.ManipulateConceptsRequest(sae=sae_ref, edits=edits, name="push"))
+    assert "push" in artifacts.ListConceptConfigs(sae_ref).names
+    # Generation under the config differs from generation without it.
+    base = inference_pb2.InferSaeRequest(model_id="tiny", sae_id=job.sae_id, prompts=[TEXTS[0]], max_new_tokens=12)
+    plain = inference.InferSae(base, timeout=120).outputs[0].text
+    steered_req = inference_pb2.InferSaeRequest()
+    steered_req.CopyFrom(base)
+    steered_req.concept_config = "push"
+    steered = inference.InferSae(steered_req, timeout=120).outputs[0].text
+    assert steered != plain
+    named = inference.InferSae(base, timeout=120).outputs[0].top_latents
+    assert any(latent.name == "walkers" for latent in named)
+    # Delete a run and an SAE: refused without the API key.
+    run_ref = common_pb2.RunRef(model_id="tiny", run_id=hf_run.run_id)
+    with pytest.raises(grpc.RpcError) as err:
+        artifacts.DeleteActivationRun(run_ref)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    key = (("authorization", f"Bearer {ADMIN}"),)
+    assert artifacts.DeleteActivationRun(run_ref, metadata=key).deleted
+    assert artifacts.DeleteSae(sae_ref, metadata=key).deleted
+    # Health and metrics.
+    for address in (cluster.artifacts.address, cluster.inference.address):  # type: ignore[union-attr]
+        with grpc.insecure_channel(address) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    metrics = jobs.GetMetrics(artifacts_pb2.GetMetricsRequest())
+    assert metrics.succeeded >= 1 and metrics.cancelled >= 1 and metrics.total >= 2
+
+
+def test_live_stream_training_matches_training_from_the_saved_run(cluster: LocalCluster, stubs):  # type: ignore[no-untyped-def]
+    inference, _, jobs = stubs
+    inference.LoadModel(inference_pb2.LoadModelRequest(model_id="tiny"), timeout=120)
+    saved = inference.SaveActivations(
+        inference_pb2.SaveActivationsRequest(
+            model_id="tiny", layers=["transformer_h_1"], dataset=common_pb2.DatasetSpec(texts=TEXTS), run_id="ev-run"
+        ),
+        timeout=300,
+    )
+    common = {"model_id": "tiny", "layer": "transformer_h_1", "epochs": 8, "batch_size": 64, "k": 8, "n_latents": 256}
+    from_run = jobs.SubmitTraining(artifacts_pb2.TrainingRequest(run_id=saved.run_id, **common))
+    live = jobs.SubmitTraining(
+        artifacts_pb2.TrainingRequest(
+            stream=artifacts_pb2.LiveSource(dataset=common_pb2.DatasetSpec(texts=TEXTS), batch_size=16), **common
+        )
+    )
+    a, b = _finish(jobs, from_run.job_id), _finish(jobs, live.job_id)
+    assert _state(a) == "SUCCEEDED" and _state(b) == "SUCCEEDED", (a.error, b.error)
+    # Judge both SAEs on the same activations: the saved run's.
+    from mi_crow.mechanistic.sae import Sae
+    from mi_crow.mechanistic.sae.metrics import explained_variance
+    from mi_crow.store import LocalStore
+
+    store = LocalStore(cluster.store)
+    x = torch.cat([s["activations"] for s in store.open_run("tiny", saved.run_id).iter_shards("transformer_h_1")])
+    evs = []
+    for job in (a, b):
+        sae = Sae.load(store.sae_dir("tiny", job.sae_id))
+        with torch.no_grad():
+            evs.append(explained_variance(x, sae(x).x_hat))
+    assert evs[0] > 0.5
+    assert abs(evs[0] - evs[1]) <= 0.02, evs
+
+
+def test_python_client_drives_the_cluster(cluster: LocalCluster):
+    from mi_crow.client import Client, dataset_spec
+
+    assert cluster.artifacts and cluster.inference
+    with Client(cluster.artifacts.address, cluster.inference.address, api_key=ADMIN) as client:
+        assert client.load_model("tiny").loaded
+        assert "transformer_h_0" in [layer.name for layer in client.layers("tiny")]
+        saved = client.save_activations("tiny", ["transformer_h_0"], dataset_spec(TEXTS[:20]), run_id="client-run")
+        streamed = [
+            rows for _, rows, _ in client.stream_activations("tiny", ["transformer_h_0"], dataset_spec(TEXTS[:20]))
+        ]
+        assert sum(r.shape[0] for r in streamed) == saved.n_tokens
+        assert saved.run_id in [r.run_id for r in client.list_runs("tiny")]
+        job = client.train(
+            "tiny", saved.run_id, "transformer_h_0", epochs=2, batch_size=32, k=4, hyperparams={"seed": 3}
+        )
+        final = client.wait(job.job_id)
+        assert _state(final) == "SUCCEEDED" and json.loads(final.request.hyperparams_json) == {"seed": 3}
+        assert job.sae_id in [s.sae_id for s in client.list_saes("tiny")]
+        out = client.infer_sae("tiny", job.sae_id, [TEXTS[0]], edits={0: {"scale": 2.0, "bias": 0.5}}, top_k_neurons=3)
+        assert len(out.outputs[0].top_latents) <= 3
+        assert client.manipulate("tiny", job.sae_id, {1: 1.5}).edits[1].scale == 1.5
+        assert client.job(job.job_id).sae_id == job.sae_id
+        assert client.metrics().succeeded >= 1
+        assert client.delete_sae("tiny", job.sae_id) and client.delete_run("tiny", saved.run_id)
+        with pytest.raises(grpc.RpcError) as err:
+            client.cancel("job-does-not-exist")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
