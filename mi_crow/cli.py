@@ -12,6 +12,15 @@ app = typer.Typer(help="mi-crow: mechanistic interpretability for LLMs.", no_arg
 console = Console()
 
 
+def _register_client() -> None:
+    from mi_crow.cli_client import app as client_app
+
+    app.add_typer(client_app, name="client")
+
+
+_register_client()
+
+
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path(".mi_crow"), help="where the demo model and artifacts live"),

@@ -240,3 +240,50 @@ def test_python_client_drives_the_cluster(cluster: LocalCluster):
         with pytest.raises(grpc.RpcError) as err:
             client.cancel("job-does-not-exist")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_cli_client_mirrors_the_seed_curl_examples(cluster: LocalCluster, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from mi_crow.cli import app
+
+    assert cluster.artifacts and cluster.inference
+    env = {
+        "MI_CROW_ARTIFACTS_ADDRESS": cluster.artifacts.address,
+        "MI_CROW_INFERENCE_ADDRESS": cluster.inference.address,
+        "MI_CROW_API_KEY": ADMIN,
+    }
+    runner = CliRunner(env=env)
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, ["client", *args])
+        assert result.exit_code == 0, (args, result.output, result.exception)
+        return result.stdout
+
+    assert json.loads(run("load-model", "tiny"))["loaded"]
+    assert "transformer_h_0" in run("layers", "tiny")
+    texts = [a for t in TEXTS[:12] for a in ("--text", t)]
+    saved = json.loads(run("save-activations", "tiny", "-l", "transformer_h_0", *texts, "--run-id", "cli-run"))
+    assert saved["run_id"] == "cli-run" and int(saved["n_tokens"]) > 0
+    assert "cli-run" in run("runs", "--model-id", "tiny")
+    out = run("train", "tiny", "cli-run", "-l", "transformer_h_0", "--epochs", "2", "--batch-size", "32", "--k", "4")
+    job = json.loads(out[out.index("{") :])
+    assert job["state"] == "SUCCEEDED"
+    sae_id = job["sae_id"]
+    assert json.loads(run("status", job["job_id"]))["sae_id"] == sae_id
+    assert sae_id in run("saes", "--model-id", "tiny")
+    inferred = json.loads(run("infer", "tiny", sae_id, TEXTS[0], "--top-k-neurons", "3", "--token-latents"))
+    assert inferred["outputs"][0]["token_latents"]
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"0": "first"}))
+    assert json.loads(run("load-concepts", "tiny", sae_id, str(names)))["concepts"][0]["name"] == "first"
+    assert json.loads(run("concepts", "tiny", sae_id))["concepts"][0].get("latent", 0) == 0
+    assert json.loads(run("preview", "tiny", sae_id, "1=2.0,0.5"))["edits"]["1"]["bias"] == 0.5
+    assert json.loads(run("manipulate", "tiny", sae_id, "1=2.0", "--name", "cli"))["path"].endswith("cli.json")
+    assert "cli" in json.loads(run("configs", "tiny", sae_id))["names"]
+    assert json.loads(run("metrics"))["succeeded"]
+    assert json.loads(run("delete-sae", "tiny", sae_id)) == {"deleted": True}
+    bad = runner.invoke(app, ["client", "cancel", "job-nope"])
+    assert bad.exit_code != 0 and "NOT_FOUND" in str(bad.exception)
+    bad_edit = runner.invoke(app, ["client", "preview", "tiny", sae_id, "x=1"])
+    assert bad_edit.exit_code != 0
