@@ -25,8 +25,11 @@ _register_client()
 def demo(
     workdir: Path = typer.Option(Path(".mi_crow"), help="where the demo model and artifacts live"),
     quick: bool = typer.Option(False, help="smaller corpus and SAE, for a fast smoke run"),
+    local: bool = typer.Option(False, help="run in this process with the library only, no cluster"),
+    workers: int = typer.Option(2, help="RQ workers in the local cluster"),
 ) -> None:
-    """Run the whole pipeline on the bundled tiny model and print what it found."""
+    """Run the whole pipeline on the bundled tiny model (through a local cluster) and print what it found."""
+    from mi_crow.demo.cluster_demo import run_cluster_demo
     from mi_crow.demo.pipeline import DemoConfig, run_demo
     from mi_crow.demo.tiny_model import TinyModelConfig
 
@@ -34,7 +37,10 @@ def demo(
     if quick:
         cfg.n_train_texts, cfg.n_eval_texts, cfg.epochs, cfg.layer = 600, 150, 4, "transformer_h_1"
         cfg.model = TinyModelConfig(steps=150, n_samples=800, n_layer=2, n_embd=64)
-    run_demo(cfg, console)
+    if local:
+        run_demo(cfg, console)
+    else:
+        run_cluster_demo(cfg, console, workers=workers)
 
 
 @app.command("train-demo-model")

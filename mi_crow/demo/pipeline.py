@@ -49,7 +49,22 @@ class ConceptResult:
     plain_rate: float = 0.0
 
 
-def _concept_rate(texts: list[str], concept: str) -> float:
+def print_report(console: Console, results: list[ConceptResult], what: str) -> int:
+    """The demo's table; returns how many planted concepts a single latent detects (AUROC >= 0.9)."""
+    table = Table(title=f"planted concepts → SAE latents ({what})")
+    for col in ("concept", "latent", "AUROC", "top activating context", "words/gen plain → steered"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            r.concept, str(r.latent), f"{r.auroc:.3f}", r.top_example[:60], f"{r.plain_rate:.2f} → {r.steered_rate:.2f}"
+        )
+    console.print(table)
+    found = sum(r.auroc >= 0.9 for r in results)
+    console.print(f"[bold]{found}/{len(results)} planted concepts found by a single latent (AUROC ≥ 0.9)[/bold]")
+    return found
+
+
+def concept_rate(texts: list[str], concept: str) -> float:
     """Marker words of ``concept`` per generated text."""
     return sum(len(concept_token_mask(t, concept)) for t in texts) / max(1, len(texts))
 
@@ -117,19 +132,10 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
         steered = lm.generate(
             prompts, max_new_tokens=16, do_sample=True, seed=0, temperature=0.8, concept_config=concepts
         )
-        r.plain_rate, r.steered_rate = _concept_rate(plain, r.concept), _concept_rate(steered.texts, r.concept)
+        r.plain_rate, r.steered_rate = concept_rate(plain, r.concept), concept_rate(steered.texts, r.concept)
     concepts.reset()
 
-    table = Table(title=f"planted concepts → SAE latents ({cfg.layer}, {sae.n_latents} latents, k={cfg.k})")
-    for col in ("concept", "latent", "AUROC", "top activating context", "words/gen plain → steered"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(
-            r.concept, str(r.latent), f"{r.auroc:.3f}", r.top_example[:60], f"{r.plain_rate:.2f} → {r.steered_rate:.2f}"
-        )
-    console.print(table)
-    found = sum(r.auroc >= 0.9 for r in results)
-    console.print(f"[bold]{found}/{len(results)} planted concepts found by a single latent (AUROC ≥ 0.9)[/bold]")
+    found = print_report(console, results, f"{cfg.layer}, {sae.n_latents} latents, k={cfg.k}")
     console.print(f"artifacts under {lm.store.root}")
     return {
         "run_id": run.run_id,

@@ -33,8 +33,8 @@ def test_auroc_matrix_is_exact_on_known_cases():
     assert abs(float(scores[2, 0]) - (3 + 0.5 * 3) / 6) < 1e-6
 
 
-def test_miniature_demo_runs_the_whole_workflow(tmp_path: Path):
-    cfg = DemoConfig(
+def _miniature(tmp_path: Path) -> DemoConfig:
+    return DemoConfig(
         workdir=tmp_path,
         layer="transformer_h_1",
         n_train_texts=200,
@@ -45,6 +45,10 @@ def test_miniature_demo_runs_the_whole_workflow(tmp_path: Path):
         batch_size=128,
         model=TinyModelConfig(steps=20, n_samples=200, n_layer=2, n_embd=32, n_eval_samples=20, vocab_size=400),
     )
+
+
+def test_miniature_demo_runs_the_whole_workflow(tmp_path: Path):
+    cfg = _miniature(tmp_path)
     console = Console(record=True, width=140)
     report = run_demo(cfg, console)
     assert len(report["concepts"]) == len(CONCEPTS)
@@ -73,3 +77,15 @@ def test_cli_layers_harvest_and_train(gpt2_dir: Path, tmp_path: Path):
     assert json.loads(res.stdout.strip().splitlines()[-1])["sae_id"].startswith("sae-")
     res = runner.invoke(app, ["harvest", str(gpt2_dir), str(data), "-l", "no_such_layer", "--store", str(store)])
     assert res.exit_code != 0 and "unknown layer" in str(res.exception)
+
+
+def test_miniature_demo_through_a_local_cluster(tmp_path: Path):
+    from mi_crow.demo.cluster_demo import run_cluster_demo
+
+    console = Console(record=True, width=140)
+    report = run_cluster_demo(_miniature(tmp_path), console, workers=1)
+    assert len(report["concepts"]) == len(CONCEPTS) and report["explained_variance"] > 0
+    assert all(0.0 <= c["auroc"] <= 1.0 for c in report["concepts"])
+    text = console.export_text()
+    assert "via gRPC" in text and "SUCCEEDED" in text
+    assert (tmp_path / "cluster" / "store" / "saes").is_dir()
