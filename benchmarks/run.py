@@ -274,6 +274,10 @@ def main(argv: list[str] | None = None) -> None:
 
     grpc_rate, tcp_rate, stream_note = bench_stream(32 if args.quick else 64, repeats)
     rows.append(Row("stream", "MB/s", grpc_rate / 1e6, tcp_rate / 1e6, 0.5, stream_note + "; ref: raw TCP socket"))
+    from benchmarks.e2e import bench_e2e
+
+    e2e_ours, e2e_ref, e2e_note = bench_e2e(pseudo_texts(n_texts, seed=1), repeats)
+    rows.append(Row("e2e", "tok/s", e2e_ours, e2e_ref, 0.8, e2e_note))
     notes = [f"- {r.name}: {r.note}" for r in rows] + [f"- {ev_line}"]
     footer = f"total {time.perf_counter() - started:.0f}s"
 
