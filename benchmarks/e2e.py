@@ -26,7 +26,10 @@ def _model(model_dir: Path) -> None:
 
     build_tiny_tokenizer(model_dir)
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    config = GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=len(tok), n_positions=128)
+    config = GPT2Config(
+        n_layer=4, n_embd=256, n_head=4, vocab_size=len(tok), n_positions=128,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(model_dir)
 

@@ -6,16 +6,18 @@ one; the SAE id is fixed at submission, so every attempt writes the same place a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any
 
 from redis import Redis
 
 from mi_crow.mechanistic.sae import SaeTrainer, TrainingCancelled
-from mi_crow.services.artifacts.jobs import TERMINAL, JobStore
+from mi_crow.services.artifacts.jobs import HEARTBEAT_S, TERMINAL, JobStore
 from mi_crow.store import LocalStore
 from mi_crow.workers.live import live_source
 
@@ -46,21 +48,48 @@ def _hyperparams(request: Any) -> dict[str, Any]:
     return hyper
 
 
-def run_training_job(job_id: str) -> str:
+class _Heartbeat(threading.Thread):
+    """Tells the artifact service this attempt is alive; notices when a newer attempt replaced it."""
+
+    def __init__(self, jobs: JobStore, job_id: str, attempt: int) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.jobs, self.job_id, self.attempt = jobs, job_id, attempt
+        self.stopped = threading.Event()
+        self.superseded = False
+
+    def run(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a Redis blip must not kill training; the next beat retries
+                if not self.jobs.heartbeat(self.job_id, self.attempt):
+                    self.superseded = True
+                    return
+
+
+def run_training_job(job_id: str, attempt: int = 1) -> str:
     jobs = _env_jobs()
     store = _env_store()
     job = jobs.get(job_id)
     if jobs.state(job_id) in TERMINAL:
         return jobs.state(job_id)  # cancelled while queued, or a duplicate delivery of a finished job
+    if jobs.attempt(job_id) != attempt:
+        return "SUPERSEDED"  # a newer attempt owns the job
     req = job.request
     attempt_started = time.time()
-    jobs.update(job_id, state="RUNNING", started_at=attempt_started)
+    jobs.update(
+        job_id, state="RUNNING", started_at=attempt_started, heartbeat_at=attempt_started,
+        worker_pid=os.getppid(), horse_pid=os.getpid(),
+    )  # fmt: skip
+    beat = _Heartbeat(jobs, job_id, attempt)
+    beat.start()
     source = "a live activation stream" if req.HasField("stream") else f"run {req.run_id}"
     jobs.log(job_id, f"training {req.sae_class or 'TopKSae'} on {source}, layer {req.layer or '(the only one)'}")
 
     def on_step(record: dict[str, Any]) -> bool:
-        if jobs.cancel_requested(job_id):
+        if jobs.cancel_requested(job_id) or beat.superseded:
             return False
+        if record.get("phase") == "resume":
+            jobs.log(job_id, f"attempt {attempt} resumed from the checkpoint at step {record.get('step')}")
+            return True
         total = record.get("total_steps") or 0
         step = int(record.get("step", 0))
         metrics = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and k not in ("step", "epoch")}
@@ -94,12 +123,16 @@ def run_training_job(job_id: str) -> str:
         )
         sae = trainer.train(data, resume=True)
     except TrainingCancelled:
+        if beat.superseded:
+            return "SUPERSEDED"
         jobs.log(job_id, "stopped: cancel requested")
         return "CANCELLED"
     except Exception as exc:
         jobs.update(job_id, state="FAILED", error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
         jobs.log(job_id, f"failed: {type(exc).__name__}: {exc}")
-        return "FAILED"  # a deterministic failure: RQ's retries are for workers that die, not for bad input
+        return "FAILED"  # a deterministic failure: re-running is for workers that die, not for bad input
+    finally:
+        beat.stopped.set()
     sae_path = store.sae_dir(req.model_id, job.sae_id) / "sae.json"
     if jobs.state(job_id) not in TERMINAL:
         jobs.update(

@@ -1,7 +1,12 @@
 """Training jobs: state in Redis hashes (the record survives any service restart), work on an RQ queue.
 
 Keys (prefix ``mi_crow:``): ``job:<id>`` hash, ``job:<id>:logs`` capped list, ``jobs`` sorted set by
-creation time, ``idem:<key>`` -> job id. The RQ job carries only the job id, never request content.
+creation time, ``idem:<key>`` -> job id. The RQ job carries only the job id and attempt number, never
+request content.
+
+A running attempt writes a heartbeat into the job hash. When it stops (the worker died), ``requeue_lost``
+starts attempt n+1 under a new RQ id; it resumes from the last checkpoint on the shared volume. Attempt
+numbers fence old attempts: one that wakes up after being replaced stops at its next step.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from google.protobuf import json_format
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RqJob
@@ -27,7 +32,9 @@ PREFIX = "mi_crow:"
 MAX_LOG_LINES = 200
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
 JOB_TIMEOUT_S = 24 * 3600  # RQ's default 180 s would kill any real training
-RETRIES = 2  # a job whose worker dies is re-run (from its checkpoint) at most this often
+MAX_ATTEMPTS = 3  # a job whose workers keep dying ends FAILED after this many attempts
+HEARTBEAT_S = 2.0  # how often a running attempt reports that it is alive
+STALE_S = 15.0  # no heartbeat for this long: the attempt's worker is gone
 
 
 def idempotency_key(request: artifacts_pb2.TrainingRequest) -> str:
@@ -70,14 +77,58 @@ class JobStore:
                 "step": 0,
                 "total_steps": 0,
                 "metrics": "{}",
+                "func": func,
             },
         )
         self.redis.zadd(f"{PREFIX}jobs", {job_id: now})
         self.log(job_id, f"queued on {self.queue.name}")
-        self.queue.enqueue(
-            func, job_id, job_id=job_id, job_timeout=JOB_TIMEOUT_S, retry=Retry(max=RETRIES), result_ttl=86400
-        )
+        self._enqueue(job_id, func, attempt=1)
         return job_id, True
+
+    def _enqueue(self, job_id: str, func: str, attempt: int) -> None:
+        rq_id = f"{job_id}-a{attempt}"
+        self.update(job_id, attempt=attempt, rq_id=rq_id, heartbeat_at=0)
+        # No RQ Retry: a lost attempt is detected by our heartbeat and re-queued as a new, fenced attempt.
+        self.queue.enqueue(func, job_id, attempt, job_id=rq_id, job_timeout=JOB_TIMEOUT_S, result_ttl=86400)
+
+    def attempt(self, job_id: str) -> int:
+        return int(self.redis.hget(self._key(job_id), "attempt") or 0)
+
+    def heartbeat(self, job_id: str, attempt: int) -> bool:
+        """Record that ``attempt`` is alive; False if a newer attempt has replaced it (it must stop)."""
+        if self.attempt(job_id) != attempt:
+            return False
+        self.update(job_id, heartbeat_at=time.time())
+        return True
+
+    def requeue_lost(
+        self, now: float | None = None, stale_s: float = STALE_S, max_attempts: int = MAX_ATTEMPTS
+    ) -> list[str]:
+        """Re-queue RUNNING jobs whose heartbeat stopped; fail those that used up their attempts."""
+        now = now or time.time()
+        moved = []
+        for job_id in (i.decode() for i in self.redis.zrange(f"{PREFIX}jobs", 0, -1)):
+            fields = self.redis.hmget(self._key(job_id), "state", "heartbeat_at", "started_at", "attempt", "func")
+            state, beat, started, attempt, func = (f.decode() if f is not None else "" for f in fields)
+            if state != "RUNNING":
+                continue
+            last = max(float(beat or 0), float(started or 0))
+            if now - last < stale_s:
+                continue
+            # One janitor wins per lost attempt, however many artifact services run.
+            if not self.redis.set(f"{PREFIX}requeue:{job_id}:{attempt}", 1, nx=True, ex=3600):
+                continue
+            n = int(attempt or 1)
+            if n >= max_attempts:
+                reason = f"worker lost {n} times (no heartbeat for {now - last:.0f}s); giving up"
+                self.update(job_id, state="FAILED", error=reason, finished_at=now)
+                self.log(job_id, reason)
+            else:
+                self.log(job_id, f"worker lost (no heartbeat for {now - last:.0f}s); re-queued as attempt {n + 1}")
+                self.update(job_id, state="QUEUED")
+                self._enqueue(job_id, func, attempt=n + 1)
+            moved.append(job_id)
+        return moved
 
     def exists(self, job_id: str) -> bool:
         return bool(self.redis.exists(self._key(job_id)))
@@ -150,15 +201,16 @@ class JobStore:
         if state in TERMINAL:
             return
         self.update(job_id, cancel_requested=1)
+        rq_id = (self.redis.hget(self._key(job_id), "rq_id") or job_id.encode()).decode()
         try:
-            rq_job = RqJob.fetch(job_id, connection=self.redis)
+            rq_job = RqJob.fetch(rq_id, connection=self.redis)
         except NoSuchJobError:
             rq_job = None
         if rq_job is not None:
             if rq_job.get_status() == "started":
                 # Kills the work horse within about half a second; RQ does not retry a stopped job.
                 with contextlib.suppress(InvalidJobOperation):
-                    send_stop_job_command(self.redis, job_id)
+                    send_stop_job_command(self.redis, rq_id)
             else:
                 rq_job.cancel()
         self.update(job_id, state="CANCELLED", finished_at=time.time())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 from redis import Redis
+from redis.exceptions import RedisError
 
-from mi_crow.services.artifacts.jobs import JobStore
+from mi_crow.services.artifacts.jobs import STALE_S, JobStore
 from mi_crow.services.artifacts.service import ArtifactServicer, JobServicer
 from mi_crow.services.common.config import ServerConfig
 from mi_crow.services.common.server import RunningServer, serve_until_signal, start_server
@@ -15,9 +18,28 @@ from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc
 log = logging.getLogger("mi_crow.services.artifacts")
 
 
+class Janitor(threading.Thread):
+    """Re-queues jobs whose worker died (their heartbeat stopped); several services may run one each."""
+
+    def __init__(self, jobs: JobStore, every_s: float = 2.0, stale_s: float = STALE_S) -> None:
+        super().__init__(daemon=True, name="job-janitor")
+        self.jobs, self.every_s, self.stale_s = jobs, every_s, stale_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            try:
+                for job_id in self.jobs.requeue_lost(stale_s=self.stale_s):
+                    log.warning("job %s: worker lost, re-queued or failed", job_id)
+            except RedisError as exc:  # Redis restarting: try again next round
+                log.warning("janitor: %s", exc)
+
+
 def start_artifact_server(cfg: ServerConfig) -> RunningServer:
     redis = Redis.from_url(cfg.redis_url)
     jobs = JobStore(redis, cfg.queue_name)
+    janitor = Janitor(jobs, stale_s=float(os.environ.get("MI_CROW_JOB_STALE_S", STALE_S)))
+    janitor.start()
     cfg.artifact_root.mkdir(parents=True, exist_ok=True)
     names = artifacts_pb2.DESCRIPTOR.services_by_name
     return start_server(

@@ -139,6 +139,7 @@ class SaeTrainer:
             step, start_epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
             self.history, self.epochs = state["history"], state["epochs"]
             initialized = True
+            self._notify({"phase": "resume", "step": step, "epoch": start_epoch, "total_steps": total})
 
         autocast_dtype = parse_dtype(cfg.autocast_dtype)
         amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
