@@ -53,6 +53,10 @@ class ActivationRunWriter:
             raise ValueError(
                 f"layer {layer!r}: expected activations of shape (n, {record.d_model}), got {tuple(activations.shape)}"
             )
+        if activations.is_floating_point() and not bool(torch.isfinite(activations).all()):
+            raise ValueError(
+                f"layer {layer!r}: activations hold NaN or Inf values; refusing to store them (check the model's dtype)"
+            )
         n = activations.shape[0]
         if not (token_ids.shape[0] == positions.shape[0] == sample_index.shape[0] == n):
             raise ValueError("activations, token_ids, positions and sample_index must have the same length")

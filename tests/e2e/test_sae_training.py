@@ -92,6 +92,10 @@ def test_bad_training_input(lm: LanguageModel, run: ActivationRun):
     narrow = torch.randn(100, 7)
     with pytest.raises(ValueError, match="width"):
         SaeTrainer(lm, "transformer_h_0", TopKSae, {"epochs": 1}, progress=False).train(narrow)
+    poisoned = torch.randn(64, lm.hidden_size("transformer_h_0"))
+    poisoned[5, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        SaeTrainer(lm, "transformer_h_0", TopKSae, {"epochs": 1}, progress=False).train(poisoned)
     with pytest.raises(ValueError, match="k must be"):
         TopKSae(8, 4, k=5)
 

@@ -796,3 +796,14 @@ def test_shard_bytes_are_plain_safetensors(store: LocalStore) -> None:
     make_run(store, [3])
     out = st_load(shard_path(store).read_bytes())
     assert set(out) == {ACTIVATIONS, TOKEN_IDS, POSITIONS, SAMPLE_INDEX}
+
+
+def test_non_finite_activations_are_refused(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    writer = store.create_run("m", {"l": (3, "float32")}, run_id="nan-run")
+    bad = torch.ones(2, 3)
+    bad[1, 2] = float("nan")
+    ids = torch.zeros(2, dtype=torch.int32)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        writer.add_shard("l", bad, ids, ids, ids.long())
+    assert writer.manifest.layers["l"].shards == []

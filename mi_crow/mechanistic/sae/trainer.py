@@ -153,6 +153,8 @@ class SaeTrainer:
                     if i < skip or batch.shape[0] == 0:
                         continue
                     x = batch.to(device=device, dtype=torch.float32, non_blocking=True)
+                    if not bool(torch.isfinite(x).all()):
+                        raise ValueError(f"activation batch {i} of epoch {epoch} holds NaN or Inf values")
                     if not initialized:
                         sae.init_from_data(x)
                         initialized = True
