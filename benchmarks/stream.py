@@ -1,6 +1,6 @@
 """Activation streaming over gRPC on loopback vs a raw TCP socket moving the same bytes, process to process.
 
-The gRPC side is the real path: the sender builds TensorChunks with ``tensor_to_chunk`` (raw bytes + sha256)
+The gRPC side is the real path: the sender builds TensorChunks with ``tensor_to_chunk`` (raw bytes + XXH3)
 of about 1 MiB each; the receiver turns each into a tensor with ``chunk_to_tensor`` (checksum verified).
 """
 
@@ -118,7 +118,8 @@ def bench_stream(total_mib: int, repeats: int) -> tuple[float, float, str]:
     grpc_proc.terminate()
     tcp_proc.join(5)
     note = (
-        f"{total_mib} MiB of float32 rows (d={D_MODEL}) in ~1 MiB TensorChunks with sha256, sender/receiver processes"
+        f"{total_mib} MiB of float32 rows (d={D_MODEL}) in ~1 MiB TensorChunks with XXH3 checksums, "
+        "sender/receiver processes"
     )
     return statistics.median(g), statistics.median(t), note
 

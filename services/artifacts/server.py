@@ -58,6 +58,7 @@ def start_artifact_server(cfg: ServerConfig) -> RunningServer:
         host=cfg.host,
         port=cfg.port,
         max_workers=cfg.max_workers,
+        api_keys=cfg.api_keys,
     )
 
 

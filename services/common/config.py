@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mi_crow.services.common.auth import load_keys
+
 
 def _paths(value: str) -> list[Path]:
     return [Path(p).expanduser().resolve() for p in value.split(os.pathsep) if p.strip()]
@@ -18,7 +20,8 @@ class ServerConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     artifact_root: Path = field(default_factory=lambda: Path(".mi_crow/store"))
     dataset_roots: list[Path] = field(default_factory=list)  # server-side dataset paths must lie under these
-    admin_key: str | None = None  # when set, deletes need "authorization: Bearer <key>"
+    admin_key: str | None = None  # open mode only: when set, deletes need "authorization: Bearer <key>"
+    api_keys: dict = field(default_factory=dict)  # key -> Scope; when set, every mi-crow RPC needs a key
     max_workers: int = 8
     grace_seconds: float = 10.0
     queue_name: str = "mi_crow-training"
@@ -33,6 +36,7 @@ class ServerConfig:
             artifact_root=Path(env.get("MI_CROW_STORE", ".mi_crow/store")),
             dataset_roots=_paths(env.get("MI_CROW_DATASET_ROOTS", "")),
             admin_key=env.get("MI_CROW_ADMIN_KEY") or None,
+            api_keys=load_keys(),
             max_workers=int(env.get("MI_CROW_MAX_WORKERS", "8")),
         )
         for key, value in overrides.items():

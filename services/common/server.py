@@ -13,6 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mi_crow.services.common.auth import KEYS_ENV, AuthInterceptor, Scope
+
 log = logging.getLogger("mi_crow.services")
 
 # Activations travel as ~1 MiB chunks; the limits only guard unary requests against abuse.
@@ -44,10 +46,16 @@ def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     max_workers: int = 8,
+    api_keys: dict[str, Scope] | None = None,
 ) -> RunningServer:
     """Start a server for ``(add_XServicer_to_server, servicer, full service name)`` triples."""
+    if api_keys:
+        log.info("API keys required on every mi-crow RPC (%d keys)", len(api_keys))
+    else:
+        log.warning("open mode: no API keys configured (%s); for local use only", KEYS_ENV)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[AuthInterceptor(api_keys)] if api_keys else None,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

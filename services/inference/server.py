@@ -21,6 +21,7 @@ def start_inference_server(cfg: ServerConfig, servicer: InferenceServicer | None
         host=cfg.host,
         port=cfg.port,
         max_workers=cfg.max_workers,
+        api_keys=cfg.api_keys,
     )
 
 
