@@ -201,6 +201,9 @@ class LocalCluster:
                 "MI_CROW_STORE": str(self.store),
                 "MI_CROW_REDIS_URL": self.redis_url or "",
                 "OMP_WAIT_POLICY": "PASSIVE",
+                # The inference server and the workers share this machine's cores: split them rather than
+                # oversubscribe (a streamed job runs both at once).
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2))),
                 "TOKENIZERS_PARALLELISM": "false",
                 "PYTHONUNBUFFERED": "1",
             }
