@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mi_crow.services.common.auth import KEYS_ENV, AuthInterceptor, Scope
+from mi_crow.services.common.logs import RequestIdInterceptor
 
 log = logging.getLogger("mi_crow.services")
 
@@ -55,7 +56,8 @@ def start_server(
         log.warning("open mode: no API keys configured (%s); for local use only", KEYS_ENV)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[AuthInterceptor(api_keys)] if api_keys else None,
+        # Request ids first, so an auth refusal is logged with its id too.
+        interceptors=[RequestIdInterceptor(), *([AuthInterceptor(api_keys)] if api_keys else [])],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
