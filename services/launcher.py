@@ -245,6 +245,15 @@ class LocalCluster:
         self.artifacts = self._service(["serve-artifacts", "--port", self.artifacts.address.split(":")[1]], "artifacts")
         return self.artifacts
 
+    def restart_inference(self, kill: bool = False) -> ServiceProcess:
+        """Replace the inference server on the same port (SIGKILL first when ``kill``, as after a crash)."""
+        assert self.inference is not None
+        old = self.inference
+        old.kill() if kill else old.stop()
+        port = old.address.split(":")[1]
+        self.inference = self._service(["serve-inference", "--port", port], "inference")
+        return self.inference
+
     def stop(self) -> None:
         self._stack.close()
 
