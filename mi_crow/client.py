@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -35,8 +36,18 @@ _RETRY = json.dumps(
 _OPTIONS = [("grpc.enable_retries", 1), ("grpc.service_config", _RETRY)]
 
 
-def _channel(address: str) -> grpc.Channel:
+def _channel(address: str, tls: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if tls is not None:
+        return grpc.secure_channel(address, tls, options=_OPTIONS)
     return grpc.insecure_channel(address, options=_OPTIONS)
+
+
+def tls_credentials(
+    ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None
+) -> grpc.ChannelCredentials:
+    """TLS to servers signed by ``ca`` (system roots when None); ``cert``/``key`` for mutual TLS."""
+    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
 
 
 def dataset_spec(
@@ -68,17 +79,18 @@ class Client:
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
+        tls: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._channels: list[grpc.Channel] = []
         if artifacts:
-            ch = _channel(artifacts)
+            ch = _channel(artifacts, tls)
             self._channels.append(ch)
             self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(ch)
             self.jobs = artifacts_pb2_grpc.JobServiceStub(ch)
         if inference:
-            ch = _channel(inference)
+            ch = _channel(inference, tls)
             self._channels.append(ch)
             self.inference = inference_pb2_grpc.InferenceServiceStub(ch)
 

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from mi_crow.services.artifacts.jobs import STALE_S, JobStore
 from mi_crow.services.artifacts.service import ArtifactServicer, JobServicer
 from mi_crow.services.common.config import ServerConfig
-from mi_crow.services.common.server import RunningServer, serve_until_signal, start_server
+from mi_crow.services.common.server import RunningServer, serve_until_signal, server_credentials, start_server
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc
 
 log = logging.getLogger("mi_crow.services.artifacts")
@@ -59,6 +59,7 @@ def start_artifact_server(cfg: ServerConfig) -> RunningServer:
         port=cfg.port,
         max_workers=cfg.max_workers,
         api_keys=cfg.api_keys,
+        tls=server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca),
     )
 
 

@@ -22,6 +22,9 @@ class ServerConfig:
     dataset_roots: list[Path] = field(default_factory=list)  # server-side dataset paths must lie under these
     admin_key: str | None = None  # open mode only: when set, deletes need "authorization: Bearer <key>"
     api_keys: dict = field(default_factory=dict)  # key -> Scope; when set, every mi-crow RPC needs a key
+    tls_cert: Path | None = None  # PEM certificate chain: with tls_key, the server speaks TLS only
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # PEM CA bundle: when set, clients must present a certificate it signed
     max_workers: int = 8
     grace_seconds: float = 10.0
     queue_name: str = "mi_crow-training"
@@ -37,6 +40,9 @@ class ServerConfig:
             dataset_roots=_paths(env.get("MI_CROW_DATASET_ROOTS", "")),
             admin_key=env.get("MI_CROW_ADMIN_KEY") or None,
             api_keys=load_keys(),
+            tls_cert=Path(env["MI_CROW_TLS_CERT"]) if env.get("MI_CROW_TLS_CERT") else None,
+            tls_key=Path(env["MI_CROW_TLS_KEY"]) if env.get("MI_CROW_TLS_KEY") else None,
+            tls_client_ca=Path(env["MI_CROW_TLS_CLIENT_CA"]) if env.get("MI_CROW_TLS_CLIENT_CA") else None,
             max_workers=int(env.get("MI_CROW_MAX_WORKERS", "8")),
         )
         for key, value in overrides.items():

@@ -7,6 +7,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -48,6 +49,7 @@ def start_server(
     port: int = 0,
     max_workers: int = 8,
     api_keys: dict[str, Scope] | None = None,
+    tls: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
     """Start a server for ``(add_XServicer_to_server, servicer, full service name)`` triples."""
     if api_keys:
@@ -73,11 +75,25 @@ def start_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = server.add_secure_port(f"{host}:{port}", tls) if tls else server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
     return RunningServer(server, bound, health_servicer)
+
+
+def server_credentials(cert: Path | None, key: Path | None, client_ca: Path | None) -> grpc.ServerCredentials | None:
+    """TLS when a certificate and key are configured; mutual TLS when a client CA is configured too."""
+    if not cert and not key:
+        if client_ca:
+            raise ValueError("a client CA (mutual TLS) needs a server certificate and key as well")
+        return None
+    if not (cert and key):
+        raise ValueError("TLS needs both a certificate (MI_CROW_TLS_CERT) and a key (MI_CROW_TLS_KEY)")
+    root = client_ca.read_bytes() if client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())], root_certificates=root, require_client_auth=root is not None
+    )
 
 
 def serve_until_signal(running: RunningServer, grace: float, on_stop: Callable[[], None] | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from mi_crow.services.common.config import ServerConfig
-from mi_crow.services.common.server import RunningServer, serve_until_signal, start_server
+from mi_crow.services.common.server import RunningServer, serve_until_signal, server_credentials, start_server
 from mi_crow.services.inference.service import InferenceServicer
 from mi_crow.v1 import inference_pb2, inference_pb2_grpc
 
@@ -22,6 +22,7 @@ def start_inference_server(cfg: ServerConfig, servicer: InferenceServicer | None
         port=cfg.port,
         max_workers=cfg.max_workers,
         api_keys=cfg.api_keys,
+        tls=server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca),
     )
 
 
