@@ -15,23 +15,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.models import build_gpt2
+
 LAYER = "transformer_h_1"
 HYPER = {"epochs": 1, "batch_size": 1024, "k": 32, "n_latents": 2048}
-
-
-def _model(model_dir: Path) -> None:
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    from mi_crow.testing.tiny_models import build_tiny_tokenizer
-
-    build_tiny_tokenizer(model_dir)
-    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    config = GPT2Config(
-        n_layer=4, n_embd=256, n_head=4, vocab_size=len(tok), n_positions=128,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(model_dir)
 
 
 def bench_e2e(texts: list[str], repeats: int) -> tuple[float, float, str]:
@@ -44,7 +31,7 @@ def bench_e2e(texts: list[str], repeats: int) -> tuple[float, float, str]:
 
     with tempfile.TemporaryDirectory(prefix="mi_crow_bench_e2e_") as tmp:
         root = Path(tmp)
-        _model(root / "model")
+        build_gpt2(root / "model")
         lm = LanguageModel(str(root / "model"), store=root / "local-store")
         n_tokens = sum(int(lm.tokenize(texts[i : i + 16])["attention_mask"].sum()) for i in range(0, len(texts), 16))
         env = {"MI_CROW_MODEL_ALIASES": json.dumps({"bench": str(root / "model")})}

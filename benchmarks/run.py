@@ -99,22 +99,13 @@ class _Stop(Exception):
 
 
 def bench_harvest(n_texts: int, repeats: int) -> list[Row]:
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
+    from benchmarks.models import build_gpt2
     from mi_crow.language_model import LanguageModel
     from mi_crow.store import LocalStore
-    from mi_crow.testing.tiny_models import build_tiny_tokenizer
 
     texts = pseudo_texts(n_texts)
     with tempfile.TemporaryDirectory(prefix="mi_crow_bench_model_") as model_dir:
-        build_tiny_tokenizer(Path(model_dir))
-        tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        config = GPT2Config(
-            n_layer=4, n_embd=256, n_head=4, vocab_size=len(tok), n_positions=128,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
-        torch.manual_seed(0)
-        GPT2LMHeadModel(config).save_pretrained(model_dir)
+        build_gpt2(Path(model_dir))
         lm = LanguageModel(model_dir)
     batches = [texts[i : i + BATCH_SIZE] for i in range(0, len(texts), BATCH_SIZE)]
     n_tokens = sum(int(lm.tokenize(b)["attention_mask"].sum()) for b in batches)

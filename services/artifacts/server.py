@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from mi_crow.services.artifacts.jobs import STALE_S, JobStore
 from mi_crow.services.artifacts.service import ArtifactServicer, JobServicer
 from mi_crow.services.common.config import ServerConfig
-from mi_crow.services.common.server import RunningServer, serve_until_signal, server_credentials, start_server
+from mi_crow.services.common.server import RunningServer, announce_and_serve, start_configured
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc
 
 log = logging.getLogger("mi_crow.services.artifacts")
@@ -42,7 +42,8 @@ def start_artifact_server(cfg: ServerConfig) -> RunningServer:
     janitor.start()
     cfg.artifact_root.mkdir(parents=True, exist_ok=True)
     names = artifacts_pb2.DESCRIPTOR.services_by_name
-    return start_server(
+    return start_configured(
+        cfg,
         [
             (
                 artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server,
@@ -55,11 +56,6 @@ def start_artifact_server(cfg: ServerConfig) -> RunningServer:
                 names["JobService"].full_name,
             ),
         ],
-        host=cfg.host,
-        port=cfg.port,
-        max_workers=cfg.max_workers,
-        api_keys=cfg.api_keys,
-        tls=server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca),
     )
 
 
@@ -67,5 +63,4 @@ def main(cfg: ServerConfig) -> None:
     running = start_artifact_server(cfg)
     mode = "API key required for deletes" if cfg.admin_key else "open mode (no API key configured)"
     log.warning("artifact service on %s:%d, store %s, %s", cfg.host, running.port, cfg.artifact_root, mode)
-    print(f"mi-crow artifacts listening on {cfg.host}:{running.port}", flush=True)
-    serve_until_signal(running, cfg.grace_seconds)
+    announce_and_serve("artifacts", cfg, running)

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mi_crow.services.common.auth import KEYS_ENV, AuthInterceptor, Scope
+from mi_crow.services.common.config import ServerConfig
 from mi_crow.services.common.logs import RequestIdInterceptor
 
 log = logging.getLogger("mi_crow.services")
@@ -110,3 +111,23 @@ def serve_until_signal(running: RunningServer, grace: float, on_stop: Callable[[
     running.stop(grace)
     if on_stop:
         on_stop()
+
+
+def start_configured(
+    cfg: ServerConfig, services: Sequence[tuple[Callable[[Any, grpc.Server], None], Any, str]]
+) -> RunningServer:
+    """``start_server`` with the address, limits, API keys and TLS of a ServerConfig."""
+    return start_server(
+        services,
+        host=cfg.host,
+        port=cfg.port,
+        max_workers=cfg.max_workers,
+        api_keys=cfg.api_keys,
+        tls=server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca),
+    )
+
+
+def announce_and_serve(name: str, cfg: ServerConfig, running: RunningServer) -> None:
+    """Print the line launchers wait for (``mi-crow NAME listening on HOST:PORT``), then serve until a signal."""
+    print(f"mi-crow {name} listening on {cfg.host}:{running.port}", flush=True)
+    serve_until_signal(running, cfg.grace_seconds)

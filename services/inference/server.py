@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from mi_crow.services.common.config import ServerConfig
-from mi_crow.services.common.server import RunningServer, serve_until_signal, server_credentials, start_server
+from mi_crow.services.common.server import RunningServer, announce_and_serve, start_configured
 from mi_crow.services.inference.service import InferenceServicer
 from mi_crow.v1 import inference_pb2, inference_pb2_grpc
 
@@ -16,14 +16,7 @@ def start_inference_server(cfg: ServerConfig, servicer: InferenceServicer | None
     """Start serving ``cfg``; pass ``servicer`` to keep a handle on its pool and counters (tests, embedding)."""
     servicer = servicer or InferenceServicer(cfg)
     name = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
-    return start_server(
-        [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, name)],
-        host=cfg.host,
-        port=cfg.port,
-        max_workers=cfg.max_workers,
-        api_keys=cfg.api_keys,
-        tls=server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca),
-    )
+    return start_configured(cfg, [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, name)])
 
 
 def main(cfg: ServerConfig) -> None:
@@ -31,5 +24,4 @@ def main(cfg: ServerConfig) -> None:
     running = start_inference_server(cfg, servicer)
     aliases = ", ".join(sorted(servicer.pool.aliases)) or "none"
     log.warning("inference service on %s:%d, store %s, aliases: %s", cfg.host, running.port, cfg.artifact_root, aliases)
-    print(f"mi-crow inference listening on {cfg.host}:{running.port}", flush=True)
-    serve_until_signal(running, cfg.grace_seconds)
+    announce_and_serve("inference", cfg, running)

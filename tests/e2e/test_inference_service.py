@@ -456,7 +456,10 @@ def test_bad_requests_get_precise_codes(srv: Server, tmp_path: Path, monkeypatch
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "64" in msg
 
     gate = srv.servicer.pool.gate
-    monkeypatch.setattr(gate, "max_queued", 0)
-    with gate.hold():  # the device is busy and nobody may queue
-        code, msg = status(infer(infer_input()))
+    configured, gate.max_queued = gate.max_queued, 0  # reconfigure the real gate: nobody may queue
+    try:
+        with gate.hold():  # the device is busy
+            code, msg = status(infer(infer_input()))
+    finally:
+        gate.max_queued = configured
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "MI_CROW_MAX_QUEUED" in msg
