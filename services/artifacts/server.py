@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from mi_crow.services.artifacts.jobs import STALE_S, JobStore
 from mi_crow.services.artifacts.service import ArtifactServicer, JobServicer
 from mi_crow.services.common.config import ServerConfig
+from mi_crow.services.common.metrics import JOBS, serve_metrics
 from mi_crow.services.common.server import RunningServer, announce_and_serve, start_configured
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc
 
@@ -35,11 +36,20 @@ class Janitor(threading.Thread):
                 log.warning("janitor: %s", exc)
 
 
+def _safe_counts(jobs: JobStore) -> dict[str, int]:
+    try:
+        return jobs.counts()
+    except RedisError:
+        return {}  # a scrape during a Redis restart reports zeros rather than failing
+
+
 def start_artifact_server(cfg: ServerConfig) -> RunningServer:
     redis = Redis.from_url(cfg.redis_url)
     jobs = JobStore(redis, cfg.queue_name)
     janitor = Janitor(jobs, stale_s=float(os.environ.get("MI_CROW_JOB_STALE_S", STALE_S)))
     janitor.start()
+    for state in ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"):
+        JOBS.labels(state).set_function(lambda state=state: float(_safe_counts(jobs).get(state, 0)))
     cfg.artifact_root.mkdir(parents=True, exist_ok=True)
     names = artifacts_pb2.DESCRIPTOR.services_by_name
     return start_configured(
@@ -63,4 +73,5 @@ def main(cfg: ServerConfig) -> None:
     running = start_artifact_server(cfg)
     mode = "API key required for deletes" if cfg.admin_key else "open mode (no API key configured)"
     log.warning("artifact service on %s:%d, store %s, %s", cfg.host, running.port, cfg.artifact_root, mode)
+    serve_metrics(host=cfg.host)
     announce_and_serve("artifacts", cfg, running)

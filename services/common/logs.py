@@ -16,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from mi_crow.services.common.metrics import LATENCY, REQUESTS
+
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 
@@ -51,10 +53,17 @@ def _request_id(metadata: Any) -> str:
 
 
 class RequestIdInterceptor(grpc.ServerInterceptor):
-    """Sets the request id for the duration of each call and logs the call's outcome and duration."""
+    """Sets the request id for the duration of each call; logs and counts (Prometheus) each call's outcome."""
 
     def __init__(self) -> None:
         self.log = logging.getLogger("mi_crow.services.calls")
+
+    def _record(self, method: str, context: grpc.ServicerContext, start: float, request_id: str, what: str) -> None:
+        seconds = time.perf_counter() - start
+        code = context.code() or grpc.StatusCode.OK
+        REQUESTS.labels(method, code.name).inc()
+        LATENCY.labels(method).observe(seconds)
+        self.log.info("%s %s %.1f ms: %s", method, what, 1000 * seconds, code.name, extra={"request_id": request_id})
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: grpc.HandlerCallDetails
@@ -73,8 +82,7 @@ class RequestIdInterceptor(grpc.ServerInterceptor):
                 try:
                     return behavior(request, context)
                 finally:
-                    ms = 1000 * (time.perf_counter() - start)
-                    self.log.info("%s done in %.1f ms", method, ms, extra={"request_id": request_id})
+                    self._record(method, context, start, request_id, "done in")
                     REQUEST_ID.reset(token)
 
             def stream(request: Any, context: grpc.ServicerContext) -> Any:
@@ -84,8 +92,7 @@ class RequestIdInterceptor(grpc.ServerInterceptor):
                 try:
                     yield from behavior(request, context)
                 finally:
-                    ms = 1000 * (time.perf_counter() - start)
-                    self.log.info("%s stream ended after %.1f ms", method, ms, extra={"request_id": request_id})
+                    self._record(method, context, start, request_id, "stream ended after")
                     REQUEST_ID.reset(token)
 
             return stream if streaming else unary

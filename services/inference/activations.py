@@ -9,6 +9,7 @@ from mi_crow.datasets import TextDataset
 from mi_crow.language_model import LanguageModel
 from mi_crow.language_model.harvest import HarvestBatch, default_dtype, iter_harvest
 from mi_crow.services.common.convert import iter_chunks, rows_per_chunk
+from mi_crow.services.common.metrics import TOKENS_HARVESTED
 from mi_crow.services.inference.gate import DeviceGate
 from mi_crow.store import ActivationRun, LocalStore
 from mi_crow.store.activation_run import MANIFEST
@@ -67,6 +68,7 @@ def stream_chunks(
             with gate.hold(is_active):
                 hb = _harvest_one(lm, batch, names, max_length, dtype)
             on_batch()
+            TOKENS_HARVESTED.inc(hb.token_ids.shape[0])
             sample_index = hb.sample_index + n_samples
             for name in names:
                 acts = hb.activations[name]
@@ -110,7 +112,7 @@ def save_run(
                 return existing
             store.delete_run(lm.model_id, run_id)
     kwargs = {"shard_size": shard_size} if shard_size else {}
-    return lm.save_activations(
+    run = lm.save_activations(
         texts,
         layers,
         batch_size=batch_size,
@@ -120,6 +122,8 @@ def save_run(
         progress=False,
         **kwargs,
     )
+    TOKENS_HARVESTED.inc(run.n_tokens)
+    return run
 
 
 def save_response(run: ActivationRun, store: LocalStore) -> inference_pb2.SaveActivationsResponse:

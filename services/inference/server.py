@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from mi_crow.services.common.config import ServerConfig
+from mi_crow.services.common.metrics import DEVICE_BUSY, DEVICE_QUEUE, gpu_memory_gauge, serve_metrics
 from mi_crow.services.common.server import RunningServer, announce_and_serve, start_configured
 from mi_crow.services.inference.service import InferenceServicer
 from mi_crow.v1 import inference_pb2, inference_pb2_grpc
@@ -15,6 +16,10 @@ log = logging.getLogger("mi_crow.services.inference")
 def start_inference_server(cfg: ServerConfig, servicer: InferenceServicer | None = None) -> RunningServer:
     """Start serving ``cfg``; pass ``servicer`` to keep a handle on its pool and counters (tests, embedding)."""
     servicer = servicer or InferenceServicer(cfg)
+    gate = servicer.pool.gate
+    DEVICE_QUEUE.set_function(lambda: float(gate.waiting))
+    DEVICE_BUSY.set_function(lambda: float(gate.busy))
+    gpu_memory_gauge()
     name = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
     return start_configured(cfg, [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, name)])
 
@@ -24,4 +29,5 @@ def main(cfg: ServerConfig) -> None:
     running = start_inference_server(cfg, servicer)
     aliases = ", ".join(sorted(servicer.pool.aliases)) or "none"
     log.warning("inference service on %s:%d, store %s, aliases: %s", cfg.host, running.port, cfg.artifact_root, aliases)
+    serve_metrics(host=cfg.host)
     announce_and_serve("inference", cfg, running)
