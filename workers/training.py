@@ -14,10 +14,9 @@ import threading
 import time
 from typing import Any
 
-from redis import Redis
-
 from mi_crow.mechanistic.sae import SaeTrainer, TrainingCancelled
 from mi_crow.services.artifacts.jobs import HEARTBEAT_S, TERMINAL, JobStore
+from mi_crow.services.common.redis_conn import connect
 from mi_crow.store import LocalStore
 from mi_crow.workers.live import live_source
 
@@ -32,7 +31,7 @@ def _env_store() -> LocalStore:
 
 def _env_jobs() -> JobStore:
     url = os.environ.get("MI_CROW_REDIS_URL", os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    return JobStore(Redis.from_url(url), os.environ.get("MI_CROW_QUEUE", "mi_crow-training"))
+    return JobStore(connect(url), os.environ.get("MI_CROW_QUEUE", "mi_crow-training"))
 
 
 def _hyperparams(request: Any) -> dict[str, Any]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
-from redis import Redis
 from rq import Worker
 
 from mi_crow.services.common.config import ServerConfig
+from mi_crow.services.common.redis_conn import connect
 
 log = logging.getLogger("mi_crow.workers")
 
@@ -22,7 +22,7 @@ def run_worker(cfg: ServerConfig, *, burst: bool = False, name: str | None = Non
     # No CUDA context is created by importing, so forking stays safe on GPU hosts.
     import mi_crow.workers.training  # noqa: F401
 
-    redis = Redis.from_url(cfg.redis_url)
+    redis = connect(cfg.redis_url)
     worker = Worker([cfg.queue_name], connection=redis, name=name, worker_ttl=30, maintenance_interval=15)
     log.info("worker %s on %s (queue %s)", worker.name, cfg.redis_url, cfg.queue_name)
     print(f"mi-crow worker {worker.name} ready", flush=True)

@@ -13,7 +13,14 @@ from mi_crow.services.artifacts.jobs import STALE_S, JobStore
 from mi_crow.services.artifacts.service import ArtifactServicer, JobServicer
 from mi_crow.services.common.config import ServerConfig
 from mi_crow.services.common.metrics import JOBS, serve_metrics
-from mi_crow.services.common.server import RunningServer, announce_and_serve, start_configured
+from mi_crow.services.common.redis_conn import connect
+from mi_crow.services.common.server import (
+    HealthWatch,
+    RunningServer,
+    announce_and_serve,
+    start_configured,
+    volume_writable,
+)
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc
 
 log = logging.getLogger("mi_crow.services.artifacts")
@@ -44,7 +51,7 @@ def _safe_counts(jobs: JobStore) -> dict[str, int]:
 
 
 def start_artifact_server(cfg: ServerConfig) -> RunningServer:
-    redis = Redis.from_url(cfg.redis_url)
+    redis = connect(cfg.redis_url)
     jobs = JobStore(redis, cfg.queue_name)
     janitor = Janitor(jobs, stale_s=float(os.environ.get("MI_CROW_JOB_STALE_S", STALE_S)))
     janitor.start()
@@ -52,7 +59,7 @@ def start_artifact_server(cfg: ServerConfig) -> RunningServer:
         JOBS.labels(state).set_function(lambda state=state: float(_safe_counts(jobs).get(state, 0)))
     cfg.artifact_root.mkdir(parents=True, exist_ok=True)
     names = artifacts_pb2.DESCRIPTOR.services_by_name
-    return start_configured(
+    running = start_configured(
         cfg,
         [
             (
@@ -67,6 +74,10 @@ def start_artifact_server(cfg: ServerConfig) -> RunningServer:
             ),
         ],
     )
+    # The health probe gets its own connection without retries: it must notice an outage, not ride it out.
+    probe = Redis.from_url(cfg.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    HealthWatch(running, {"redis": probe.ping, "artifact volume": volume_writable(cfg.artifact_root)}).start()
+    return running
 
 
 def main(cfg: ServerConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -25,10 +26,19 @@ MAX_MESSAGE_BYTES = 16 << 20
 
 
 class RunningServer:
-    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer) -> None:
+    def __init__(
+        self, server: grpc.Server, port: int, health_servicer: health.HealthServicer, services: list[str]
+    ) -> None:
         self.server = server
         self.port = port
         self.health = health_servicer
+        self.services = services  # the mi-crow services it hosts (health reports them by name)
+        self.watch: HealthWatch | None = None
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.services]:
+            self.health.set(name, status)
 
     @property
     def address(self) -> str:
@@ -36,6 +46,8 @@ class RunningServer:
 
     def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let in-flight ones finish for up to ``grace`` seconds."""
+        if self.watch is not None:
+            self.watch.stopped.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
 
@@ -70,9 +82,11 @@ def start_server(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    hosted = []
     for add, impl, name in services:
         add(impl, server)
         names.append(name)
+        hosted.append(name)
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(names, server)
@@ -80,7 +94,49 @@ def start_server(
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
-    return RunningServer(server, bound, health_servicer)
+    return RunningServer(server, bound, health_servicer, hosted)
+
+
+class HealthWatch(threading.Thread):
+    """Health that means something: NOT_SERVING while any dependency check fails (Redis, the artifact volume)."""
+
+    def __init__(self, running: RunningServer, checks: dict[str, Callable[[], object]], every_s: float = 2.0) -> None:
+        super().__init__(daemon=True, name="health-watch")
+        self.running, self.checks, self.every_s = running, checks, every_s
+        self.stopped = threading.Event()
+        self.failing: dict[str, str] = {}
+        running.watch = self
+
+    def check_once(self) -> bool:
+        failing = {}
+        for name, check in self.checks.items():
+            try:
+                check()
+            except Exception as exc:  # any failure of a dependency means we cannot serve
+                failing[name] = f"{type(exc).__name__}: {exc}"
+        if failing != self.failing:
+            if failing:
+                log.warning("NOT_SERVING: %s", failing)
+            else:
+                log.info("SERVING again")
+        self.failing = failing
+        self.running.set_serving(not failing)
+        return not failing
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            self.check_once()
+
+
+def volume_writable(root: Path) -> Callable[[], None]:
+    """A check that the artifact volume is mounted and writable (a probe file written and removed)."""
+
+    def check() -> None:
+        probe = root / f".health-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+
+    return check
 
 
 def server_credentials(cert: Path | None, key: Path | None, client_ca: Path | None) -> grpc.ServerCredentials | None:

@@ -6,7 +6,13 @@ import logging
 
 from mi_crow.services.common.config import ServerConfig
 from mi_crow.services.common.metrics import DEVICE_BUSY, DEVICE_QUEUE, gpu_memory_gauge, serve_metrics
-from mi_crow.services.common.server import RunningServer, announce_and_serve, start_configured
+from mi_crow.services.common.server import (
+    HealthWatch,
+    RunningServer,
+    announce_and_serve,
+    start_configured,
+    volume_writable,
+)
 from mi_crow.services.inference.service import InferenceServicer
 from mi_crow.v1 import inference_pb2, inference_pb2_grpc
 
@@ -21,7 +27,10 @@ def start_inference_server(cfg: ServerConfig, servicer: InferenceServicer | None
     DEVICE_BUSY.set_function(lambda: float(gate.busy))
     gpu_memory_gauge()
     name = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
-    return start_configured(cfg, [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, name)])
+    running = start_configured(cfg, [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, name)])
+    cfg.artifact_root.mkdir(parents=True, exist_ok=True)
+    HealthWatch(running, {"artifact volume": volume_writable(cfg.artifact_root)}).start()
+    return running
 
 
 def main(cfg: ServerConfig) -> None:

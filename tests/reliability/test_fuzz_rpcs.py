@@ -184,7 +184,7 @@ def test_random_messages_get_deliberate_statuses(servers: dict, server: str, pat
     request_cls = message_factory.GetMessageClass(method.input_type)
     n = 6 if method.name in SLOW else 25
 
-    @settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
     @given(_message(method.input_type))
     def run(data: dict) -> None:
         request = _build(request_cls, data)
@@ -209,7 +209,7 @@ def test_random_messages_get_deliberate_statuses(servers: dict, server: str, pat
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
 @given(st.sampled_from(_methods()), st.binary(min_size=1, max_size=256))
 def test_garbage_bytes_never_take_a_server_down(servers: dict, target, payload: bytes) -> None:  # type: ignore[no-untyped-def]
     server, path, method = target

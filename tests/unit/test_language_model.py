@@ -112,6 +112,8 @@ def test_dtype_choice_and_bad_dtype(gpt2_dir: Path):
     assert lm.forwards(["hi there"]).logits.dtype == torch.bfloat16
     with pytest.raises(ModelLoadError, match="unknown dtype"):
         LanguageModel(str(gpt2_dir), dtype="float7")
+    with pytest.raises(ModelLoadError, match="unknown device"):
+        LanguageModel(str(gpt2_dir), device="tiny")  # found by the RPC fuzz suite
 
 
 def test_device_map_through_accelerate(gpt2_dir: Path):
