@@ -71,7 +71,10 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     revision: str | None = None,
 ) -> LoadedModel:
-    path = Path(source).expanduser()
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError:  # "~someone" for a user that does not exist: not a path we can use
+        path = Path(source)
     is_local = path.is_dir()
     looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1
     if not is_local and looks_like_path:

@@ -40,7 +40,7 @@ def dataset_from_spec(spec: common_pb2.DatasetSpec, allowed_roots: Sequence[Path
         return TextDataset.from_hf(spec.hf_name, split=spec.split or "train", text_field=field, sample_limit=limit)
     paths = []
     for raw in spec.paths:
-        path = Path(raw).expanduser().resolve()  # resolves symlinks too
+        path = Path(raw).resolve()  # resolves symlinks too; '~' from a client is not expanded on the server
         if not any(path == root or root in path.parents for root in allowed_roots):
             raise ServiceError(
                 grpc.StatusCode.PERMISSION_DENIED,

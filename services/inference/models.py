@@ -24,15 +24,12 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _normalized(source: str) -> str:
-    return str(Path(source).expanduser().resolve()) if _looks_like_path(source) else source
+    return str(Path(source).resolve()) if _looks_like_path(source) else source
 
 
 def _looks_like_path(model_id: str) -> bool:
     return (
-        model_id.startswith((".", "/", "~"))
-        or "\\" in model_id
-        or model_id.count("/") > 1
-        or Path(model_id).expanduser().exists()
+        model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1 or Path(model_id).exists()
     )
 
 

@@ -114,7 +114,11 @@ def _build(cls, data: dict):  # type: ignore[no-untyped-def]
 
 
 def _snapshot(root: Path, redis: Redis) -> tuple:
-    files = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+    files = sorted(
+        (str(p.relative_to(root)), p.stat().st_size)
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".health-")  # the health watch's transient probe file
+    )
     keys = sorted(k for k in redis.keys("mi_crow:*") if not k.startswith(b"mi_crow:requeue"))
     return files, keys
 
