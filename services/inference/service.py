@@ -22,6 +22,7 @@ from mi_crow.services.inference.generation import TextDelta, prompt_ids, samplin
 from mi_crow.services.inference.hooks import build_hooks, hook_results
 from mi_crow.services.inference.models import ModelPool
 from mi_crow.services.inference.sae import DEFAULT_TOP_K, info, run_prompt, save_top_texts, steering
+from mi_crow.services.inference.streams import StreamLimiter
 from mi_crow.store import LocalStore
 from mi_crow.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -98,6 +99,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.pool = pool or ModelPool(self.store)
         self.dataset_roots = [Path(root).expanduser().resolve() for root in cfg.dataset_roots]
         self.stats = Stats()
+        self.streams = StreamLimiter()
 
     # -- models --------------------------------------------------------------------------------------
     def ListModels(self, request, context):
@@ -158,7 +160,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         decoder = TextDelta(lm)
         # The device stays held between tokens: the KV cache of this generation lives on it. The tokenizer is
         # used only under the gate too: a fast tokenizer shared by threads fails with "Already borrowed".
-        with self.pool.gate.hold(context.is_active):
+        with self.streams.open(context), self.pool.gate.hold(context.is_active):
             prompt_ids(lm, request.prompt, options.max_new_tokens)
             if options.max_new_tokens > 0:
                 for token in stream_tokens(lm, request.prompt, options, context.is_active):
@@ -172,23 +174,24 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         texts = dataset_from_spec(request.dataset, self.dataset_roots)
         if request.max_length < 0:
             raise ValueError(f"max_length must not be negative, got {request.max_length}")
-        self.stats.add("streams_started")
-        finished = False
-        try:
-            yield from stream_chunks(
-                lm,
-                texts,
-                list(request.layers),
-                gate=self.pool.gate,
-                is_active=context.is_active,
-                batch_size=limits.batch_size(request.batch_size),
-                chunk_rows=request.chunk_rows,
-                max_length=request.max_length or None,
-                on_batch=lambda: self.stats.add("stream_batches"),
-            )
-            finished = context.is_active()
-        finally:
-            self.stats.add("streams_finished" if finished else "streams_stopped")
+        with self.streams.open(context):
+            self.stats.add("streams_started")
+            finished = False
+            try:
+                yield from stream_chunks(
+                    lm,
+                    texts,
+                    list(request.layers),
+                    gate=self.pool.gate,
+                    is_active=context.is_active,
+                    batch_size=limits.batch_size(request.batch_size),
+                    chunk_rows=request.chunk_rows,
+                    max_length=request.max_length or None,
+                    on_batch=lambda: self.stats.add("stream_batches"),
+                )
+                finished = context.is_active()
+            finally:
+                self.stats.add("streams_finished" if finished else "streams_stopped")
 
     def SaveActivations(self, request, context):
         lm = self.pool.get(request.model_id)
