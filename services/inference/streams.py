@@ -13,16 +13,18 @@ from mi_crow.services.common.auth import bearer_token
 from mi_crow.services.common.errors import ServiceError
 
 MAX_STREAMS_ENV = "MI_CROW_MAX_STREAMS_PER_CLIENT"
-DEFAULT_MAX_STREAMS = 4
+DEFAULT_MAX_STREAMS = 8
 
 
 def client_identity(context: grpc.ServicerContext) -> str:
-    """The API key when one is sent (one tenant, many connections), else the peer's address without its port."""
+    """The API key when one is sent (one tenant, however many connections), else the connection itself.
+
+    Not the bare IP address: behind NAT, a proxy or on loopback many independent clients share one.
+    """
     token = bearer_token(context.invocation_metadata())
     if token:
         return "key:" + str(hash(token))  # never the key itself: identities may be logged
-    peer = context.peer() or "unknown"
-    return "peer:" + peer.rsplit(":", 1)[0]
+    return "peer:" + (context.peer() or "unknown")
 
 
 class StreamLimiter:
