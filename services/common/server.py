@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -132,7 +133,8 @@ def volume_writable(root: Path) -> Callable[[], None]:
     """A check that the artifact volume is mounted and writable (a probe file written and removed)."""
 
     def check() -> None:
-        probe = root / f".health-{os.getpid()}"
+        # Unique per check: several servers (or processes) may watch the same volume at once.
+        probe = root / f".health-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"ok")
         probe.unlink()
 
