@@ -22,6 +22,10 @@ setup() {
     "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
     echo "$want" > "$STAMP"
   fi
+  # The Node.js example client (exercised by the tests): its packages, pinned by package-lock.json.
+  if command -v npm >/dev/null 2>&1 && [ ! -d examples/clients/node/node_modules/@grpc/grpc-js ]; then
+    (cd examples/clients/node && npm ci --no-audit --no-fund --loglevel=error)
+  fi
 }
 
 # Services, workers and tests share two cores: no OpenMP spin-waiting.
