@@ -1,7 +1,17 @@
 """Sparse autoencoders: variants (``modules``), the trainer and its configuration."""
 
 from mi_crow.mechanistic.sae.config import TrainingConfig
-from mi_crow.mechanistic.sae.modules import SAE_CLASSES, BatchTopKSae, JumpReLUSae, L1Sae, ReluSae, Sae, TopKSae
+from mi_crow.mechanistic.sae.modules import (
+    SAE_CLASSES,
+    BatchTopKSae,
+    JumpReLUSae,
+    L1Sae,
+    MatryoshkaSae,
+    ReluSae,
+    Sae,
+    TopKSae,
+)
+from mi_crow.mechanistic.sae.multi import MultiSaeTrainer, SaeSpec
 from mi_crow.mechanistic.sae.trainer import SaeTrainer, TrainingCancelled
 
 __all__ = [
@@ -9,8 +19,11 @@ __all__ = [
     "BatchTopKSae",
     "JumpReLUSae",
     "L1Sae",
+    "MatryoshkaSae",
+    "MultiSaeTrainer",
     "ReluSae",
     "Sae",
+    "SaeSpec",
     "SaeTrainer",
     "TopKSae",
     "TrainingCancelled",

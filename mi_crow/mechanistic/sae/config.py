@@ -23,7 +23,9 @@ class TrainingConfig:
     l0_coefficient: float | None = None  # JumpReLUSae (None: the class default)
     sparsity_warmup_steps: int | None = None  # penalty ramp for L1/JumpReLU; None: 5% of all steps
     auxk_alpha: float = 1 / 32  # weight of the AuxK loss that revives dead latents (TopK variants)
-    auxk_k: int | None = None  # None: d_in // 2
+    auxk_k: int | None = None  # dead latents each token reconstructs its residual with; None: d_in // 2
+    group_sizes: list[int] | None = None  # MatryoshkaSae's nested groups; None: doubling groups (1/16 first)
+    normalize_decoder: bool = True  # keep decoder rows unit norm after every step (see Sae's decoder norm)
     dead_tokens_threshold: int = 1_000_000  # a latent is dead after this many tokens without firing
     grad_clip: float | None = 1.0
     seed: int = 0
@@ -58,6 +60,13 @@ class TrainingConfig:
             raise ValueError(f"lr_decay must be cosine, linear or constant, got {self.lr_decay!r}")
         if self.n_latents is not None and self.n_latents <= 0:
             raise ValueError("n_latents must be positive")
+        if self.auxk_alpha < 0 or (self.auxk_k is not None and self.auxk_k <= 0):
+            raise ValueError("auxk_alpha must be >= 0 and auxk_k positive")
+        if self.group_sizes is not None and (not self.group_sizes or any(int(g) <= 0 for g in self.group_sizes)):
+            raise ValueError(f"group_sizes must be a non-empty list of positive sizes, got {self.group_sizes}")
+
+    def resolved_auxk_k(self, d_in: int) -> int:
+        return self.auxk_k or max(1, d_in // 2)
 
     def resolved_n_latents(self, d_in: int) -> int:
         return self.n_latents or self.expansion_factor * d_in

@@ -46,3 +46,16 @@ class EpochStats:
             out["fvu"] = 1 - out["explained_variance"]
         out["tokens"] = float(self.tokens)
         return out
+
+
+def mean_max_cosine(learned: torch.Tensor, true: torch.Tensor) -> float:
+    """For each true atom, the best cosine with any learned row, averaged (1.0: every atom recovered).
+
+    ``learned`` is ``(n_latents, d)`` (an SAE's decoder rows), ``true`` is ``(n_atoms, d)``. Sign counts:
+    a learned row opposite to an atom does not recover it, as codes are non-negative.
+    """
+    if learned.ndim != 2 or true.ndim != 2 or learned.shape[1] != true.shape[1]:
+        raise ValueError(f"need (n, d) and (m, d) dictionaries, got {tuple(learned.shape)} and {tuple(true.shape)}")
+    a = learned.float() / learned.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    b = true.float() / true.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return float((b @ a.T).max(dim=1).values.mean().detach())

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import io
-import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mi_crow.language_model.loading import parse_dtype, pick_device
+from mi_crow.language_model.loading import pick_device
 from mi_crow.mechanistic.sae.config import TrainingConfig
 from mi_crow.mechanistic.sae.data import BatchSource, resolve_source
-from mi_crow.mechanistic.sae.metrics import EpochStats, explained_variance
-from mi_crow.mechanistic.sae.modules import SAE_CLASSES, BatchTopKSae, Sae, SaeOutput, TopKSae
+from mi_crow.mechanistic.sae.fit import SaeFit
+from mi_crow.mechanistic.sae.metrics import EpochStats
+from mi_crow.mechanistic.sae.modules import SAE_CLASSES, BatchTopKSae, MatryoshkaSae, Sae, TopKSae
 from mi_crow.store import LocalStore, atomic_write_bytes, atomic_write_json, new_id
 
 if TYPE_CHECKING:
@@ -30,21 +28,6 @@ StepCallback = Callable[[dict[str, Any]], bool | None]
 
 class TrainingCancelled(RuntimeError):
     """A step callback asked training to stop."""
-
-
-def _lr_lambda(cfg: TrainingConfig, warmup: int, total: int | None) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if total is None or cfg.lr_decay == "constant" or total <= warmup:
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        floor = cfg.lr_min_ratio
-        if cfg.lr_decay == "linear":
-            return 1.0 - (1.0 - floor) * progress
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 class SaeTrainer:
@@ -87,7 +70,8 @@ class SaeTrainer:
         self.epochs: list[dict[str, Any]] = []
 
     # -- construction --------------------------------------------------------------------------------
-    def _build(self, d_in: int) -> Sae:
+    def build_sae(self, d_in: int) -> Sae:
+        """A fresh SAE of this trainer's class for inputs of width ``d_in``, seeded by the config."""
         cfg = self.config
         n_latents = cfg.resolved_n_latents(d_in)
         kwargs = dict(self.sae_kwargs)
@@ -97,6 +81,8 @@ class SaeTrainer:
             kwargs.setdefault("l1_coefficient", cfg.l1_coefficient)
         if cfg.l0_coefficient is not None:
             kwargs.setdefault("l0_coefficient", cfg.l0_coefficient)
+        if cfg.group_sizes is not None and issubclass(self.sae_class, MatryoshkaSae):
+            kwargs.setdefault("group_sizes", list(cfg.group_sizes))
         torch.manual_seed(cfg.seed)
         return self.sae_class(d_in, n_latents, **kwargs)
 
@@ -115,35 +101,20 @@ class SaeTrainer:
                     f"layer {self.layer!r} of the model has width {expected}, but the activations have {source.d_model}"
                 )
         device = pick_device(cfg.device)
-        sae = self._build(source.d_model).to(device)
+        sae = self.build_sae(source.d_model).to(device)
         sae.sae_id, sae.layer, sae.model_id = self.sae_id, self.layer, model_id
         sae_dir = self.store.sae_dir(model_id, self.sae_id)
-
-        steps_per_epoch = math.ceil(source.n_tokens / cfg.batch_size) if source.n_tokens else None
-        total = steps_per_epoch * cfg.epochs if steps_per_epoch else None
-        warmup = cfg.lr_warmup_steps if cfg.lr_warmup_steps is not None else (max(1, total // 20) if total else 0)
-        sparsity_warmup = cfg.sparsity_warmup_steps or (max(1, total // 20) if total else 1000)
-        dead_after = min(cfg.dead_tokens_threshold, source.n_tokens or cfg.dead_tokens_threshold)
-        opt = torch.optim.Adam(sae.parameters(), lr=cfg.resolved_lr(sae.n_latents), betas=(0.9, 0.999))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, warmup, total))
-        since_fired = torch.zeros(sae.n_latents, dtype=torch.long, device=device)
-        step, start_epoch, skip = 0, 0, 0
-        initialized = False
+        fit = SaeFit(sae, cfg, device, source.n_tokens)
+        total = fit.total
+        start_epoch, skip = 0, 0
         if resume and (sae_dir / CHECKPOINT).is_file():
             state = torch.load(io.BytesIO((sae_dir / CHECKPOINT).read_bytes()), map_location=device, weights_only=False)
-            self._check_compatible(state, sae)
-            sae.load_state_dict(state["sae"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            since_fired = state["since_fired"].to(device)
-            step, start_epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
+            fit.load_state_dict(state)
+            start_epoch, skip = state["epoch"], state["batch_in_epoch"]
             self.history, self.epochs = state["history"], state["epochs"]
-            initialized = True
-            self._notify({"phase": "resume", "step": step, "epoch": start_epoch, "total_steps": total})
+            self.notify({"phase": "resume", "step": fit.step, "epoch": start_epoch, "total_steps": total})
 
-        autocast_dtype = parse_dtype(cfg.autocast_dtype)
-        amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-        bar = tqdm(total=total, initial=step, unit="step", desc=f"train {self.sae_id}", disable=not self.progress)
+        bar = tqdm(total=total, initial=fit.step, unit="step", desc=f"train {self.sae_id}", disable=not self.progress)
         started = time.time()
         sae.train()
         try:
@@ -152,69 +123,45 @@ class SaeTrainer:
                 for i, batch in enumerate(source.batches(epoch, cfg.batch_size, cfg.seed, cfg.shuffle)):
                     if i < skip or batch.shape[0] == 0:
                         continue
-                    x = batch.to(device=device, dtype=torch.float32, non_blocking=True)
-                    if not bool(torch.isfinite(x).all()):
-                        raise ValueError(f"activation batch {i} of epoch {epoch} holds NaN or Inf values")
-                    if not initialized:
-                        sae.init_from_data(x)
-                        initialized = True
-                    with amp:
-                        out = sae(x)
-                        scale = sae.input_scale
-                        recon = ((out.x_hat.float() - x) * scale).pow(2).mean()
-                        loss = recon
-                        penalty = sae.penalty(out, step / sparsity_warmup)
-                        if penalty is not None:
-                            loss = loss + penalty
-                        dead = since_fired >= dead_after
-                        aux = self._auxk(sae, out, x, dead) if cfg.auxk_alpha > 0 else None
-                        if aux is not None:
-                            loss = loss + cfg.auxk_alpha * aux
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower lr or check inputs")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-                    opt.step()
-                    sched.step()
-                    with torch.no_grad():
-                        since_fired += x.shape[0]
-                        since_fired[out.active_mask()] = 0
-                        metrics = {
-                            "mse": float(recon),
-                            "l0": float(out.l0()),
-                            "explained_variance": explained_variance(x, out.x_hat.detach()),
-                            "dead_fraction": float((since_fired >= dead_after).float().mean()),
-                        }
-                        if aux is not None:
-                            metrics["auxk"] = float(aux)
+                    x, out, metrics = fit.train_step(batch, where=f"{i} of epoch {epoch}")
                     stats.add(x, out.x_hat.detach(), **metrics)
-                    step += 1
                     bar.update(1)
-                    if step % cfg.log_every == 0 or step == total:
-                        record = {"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0], **metrics}
-                        self.history.append(record)
-                        bar.set_postfix(ev=f"{metrics['explained_variance']:.3f}", l0=f"{metrics['l0']:.1f}")
-                        self._notify({**record, "total_steps": total, "phase": "train"})
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                        self._checkpoint(sae_dir, sae, opt, sched, since_fired, step, epoch, i + 1)
+                    self.log_step(fit, epoch, metrics, bar)
+                    if cfg.checkpoint_every and fit.step % cfg.checkpoint_every == 0:
+                        self.checkpoint(sae_dir, fit, epoch, i + 1)
                 skip = 0
-                summary = {"epoch": epoch, "step": step, **stats.summary()}
-                summary["dead_fraction"] = float((since_fired >= dead_after).float().mean())
-                self.epochs.append(summary)
-                self._notify({**summary, "total_steps": total, "phase": "epoch"})
+                self.end_epoch(fit, epoch, stats)
                 if resume or cfg.checkpoint_every:
-                    self._checkpoint(sae_dir, sae, opt, sched, since_fired, step, epoch + 1, 0)
+                    self.checkpoint(sae_dir, fit, epoch + 1, 0)
         finally:
             bar.close()
+        return self.finish(fit, source.description, started, sae_dir)
+
+    def log_step(self, fit: SaeFit, epoch: int, metrics: dict[str, float], bar: Any = None) -> None:
+        """Record every ``log_every``-th step (and the last) and tell ``on_step``."""
+        if fit.step % self.config.log_every == 0 or fit.step == fit.total:
+            record = {"step": fit.step, "epoch": epoch, "lr": fit.lr, **metrics}
+            self.history.append(record)
+            if bar is not None:
+                bar.set_postfix(ev=f"{metrics['explained_variance']:.3f}", l0=f"{metrics['l0']:.1f}")
+            self.notify({**record, "total_steps": fit.total, "phase": "train"})
+
+    def end_epoch(self, fit: SaeFit, epoch: int, stats: EpochStats) -> None:
+        summary = {"epoch": epoch, "step": fit.step, **stats.summary()}
+        summary["dead_fraction"] = fit.dead_fraction()
+        self.epochs.append(summary)
+        self.notify({**summary, "total_steps": fit.total, "phase": "epoch"})
+
+    def finish(self, fit: SaeFit, source: dict[str, Any], started: float, sae_dir: Path) -> Sae:
+        """Record how the SAE was trained and publish it to the store."""
+        sae, cfg, step = fit.sae, self.config, fit.step
         if step == 0:
             raise ValueError("no activations to train on: the source produced no batches")
         sae.eval()
         sae.training_record = {
             "config": cfg.to_dict(),
             "sae_kwargs": sae.hparams(),
-            "source": source.description,
+            "source": source,
             "steps": step,
             "epochs": self.epochs,
             "final": self.epochs[-1] if self.epochs else {},
@@ -233,48 +180,15 @@ class SaeTrainer:
             raise ValueError("training without a model on a source that names none: pass model_id=")
         return model_id
 
-    @staticmethod
-    def _auxk(sae: Sae, out: SaeOutput, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor | None:
-        """AuxK (Gao et al.): dead latents learn to explain what the live ones miss."""
-        n_dead = int(dead.sum())
-        if n_dead == 0 or not isinstance(sae, TopKSae | BatchTopKSae):
-            return None
-        k_aux = min(sae.d_in // 2, n_dead)
-        scale = sae.input_scale
-        residual = ((x - out.x_hat.float()) * scale).detach()
-        pre = out.pre_codes.masked_fill(~dead, float("-inf"))
-        values, indices = torch.topk(pre, k_aux, dim=-1, sorted=False)
-        recon = F.embedding_bag(indices, sae.dictionary, per_sample_weights=F.relu(values), mode="sum")
-        denom = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
-        return (recon - residual).pow(2).sum(-1).mean() / denom
-
-    def _notify(self, record: dict[str, Any]) -> None:
+    def notify(self, record: dict[str, Any]) -> None:
         if self.on_step is not None and self.on_step(record) is False:
             raise TrainingCancelled(f"training of {self.sae_id} was cancelled at step {record.get('step')}")
 
-    @staticmethod
-    def _check_compatible(state: dict[str, Any], sae: Sae) -> None:
-        meta = state["meta"]
-        if (meta["sae_class"], meta["d_in"], meta["n_latents"]) != (type(sae).__name__, sae.d_in, sae.n_latents):
-            raise ValueError(f"checkpoint is for {meta}, not a {type(sae).__name__}({sae.d_in}, {sae.n_latents})")
-
-    def _checkpoint(self, sae_dir: Path, sae: Sae, opt: Any, sched: Any, since: Any, step: int, epoch: int, batch: int):
+    def checkpoint(self, sae_dir: Path, fit: SaeFit, epoch: int, batch: int) -> None:
+        """Atomically write what resume needs: the fit's state, where in the data it is, the logs so far."""
         buf = io.BytesIO()
-        torch.save(
-            {
-                "meta": {"sae_class": type(sae).__name__, "d_in": sae.d_in, "n_latents": sae.n_latents},
-                "sae": sae.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "since_fired": since.cpu(),
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": batch,
-                "history": self.history,
-                "epochs": self.epochs,
-            },
-            buf,
-        )
+        state = {**fit.state_dict(), "epoch": epoch, "batch_in_epoch": batch}
+        torch.save({**state, "history": self.history, "epochs": self.epochs}, buf)
         atomic_write_bytes(sae_dir / CHECKPOINT, buf.getvalue())
 
     def _publish(self, sae: Sae, sae_dir: Path) -> None:

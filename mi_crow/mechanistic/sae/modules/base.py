@@ -101,6 +101,52 @@ class Sae(nn.Module):
         """Sparsity penalty added to the reconstruction loss (None for variants that need none)."""
         return None
 
+    def loss(self, x: torch.Tensor, out: SaeOutput, step_fraction: float) -> dict[str, torch.Tensor]:
+        """Training objective for a flat ``(N, d_in)`` batch: ``"loss"`` is minimized, ``"mse"`` is reported.
+
+        Errors are measured in normalized units (``x * input_scale``) so one learning rate fits layers of
+        any norm. ``step_fraction`` runs from 0 to 1 over the sparsity warmup (and past 1 afterwards).
+        Variants with another objective (e.g. Matryoshka's nested reconstructions) override this.
+        """
+        mse = self.normalized_mse(x, out.x_hat)
+        terms = {"mse": mse, "loss": mse}
+        penalty = self.penalty(out, step_fraction)
+        if penalty is not None:
+            terms["penalty"] = penalty
+            terms["loss"] = mse + penalty
+        return terms
+
+    def aux_loss(self, x: torch.Tensor, out: SaeOutput, dead: torch.Tensor, k_aux: int) -> torch.Tensor | None:
+        """Auxiliary loss that gives ``dead`` (bool, per latent) latents a gradient; None if not used."""
+        return None
+
+    def normalized_mse(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        return ((x_hat.float() - x.float()) * self.input_scale).pow(2).mean()
+
+    # -- decoder norm ------------------------------------------------------------------------------
+    # Every variant keeps unit-norm decoder rows, rather than weighting an L1 penalty by the row norms:
+    # with fixed norms a code's size is its contribution to the reconstruction, so TopK selection,
+    # BatchTopK/JumpReLU thresholds and the L1 penalty all compare like with like, and no latent can
+    # dodge the L1 penalty by shrinking its code while growing its row. overcomplete's DictionaryLayer
+    # renormalizes the rows when it reads them in training; the trainer also projects the row-parallel
+    # part out of the gradient before each step and renormalizes right after it (Gao et al.), so the
+    # stored weights are unit norm at every checkpoint and Adam's moments never chase a norm change.
+    def _decoder_weights(self) -> nn.Parameter:
+        return self.net.dictionary._weights
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        w = self._decoder_weights()
+        if w.grad is None:
+            return
+        unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        w.grad.sub_((w.grad * unit).sum(dim=1, keepdim=True) * unit)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        w = self._decoder_weights()
+        w.div_(w.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
     @torch.no_grad()
     def _tie_encoder_init(self) -> None:
         # Start the encoder as the decoder's transpose (Gao et al.): each latent first detects its own

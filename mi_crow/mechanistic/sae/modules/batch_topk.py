@@ -12,6 +12,7 @@ import torch
 from overcomplete.sae import SAE as _OcSAE
 from torch import nn
 
+from mi_crow.mechanistic.sae.modules.auxk import auxk_loss
 from mi_crow.mechanistic.sae.modules.base import Sae, SaeOutput
 
 
@@ -46,3 +47,6 @@ class BatchTopKSae(Sae):
             threshold = self.threshold
         codes = acts * (acts >= threshold).to(acts.dtype) * (acts > 0).to(acts.dtype)
         return SaeOutput(x_hat=pre_codes, pre_codes=pre_codes, codes=codes)
+
+    def aux_loss(self, x: torch.Tensor, out: SaeOutput, dead: torch.Tensor, k_aux: int) -> torch.Tensor | None:
+        return auxk_loss(self, x, out, dead, k_aux)

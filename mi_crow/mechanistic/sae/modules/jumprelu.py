@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from overcomplete.sae import JumpSAE as _OcJump
@@ -13,6 +13,8 @@ from mi_crow.mechanistic.sae.modules.base import Sae, SaeOutput
 
 
 class JumpReLUSae(Sae):
+    init_threshold_stds: ClassVar[float] = 1.0  # see init_from_data
+
     def __init__(
         self, d_in: int, n_latents: int, l0_coefficient: float = 1e-3, bandwidth: float = 1e-3, **kwargs: Any
     ) -> None:
@@ -25,6 +27,18 @@ class JumpReLUSae(Sae):
 
     def hparams(self) -> dict[str, Any]:
         return {"l0_coefficient": self.l0_coefficient, "bandwidth": self.bandwidth}
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor) -> None:
+        # overcomplete starts every threshold at exp(-3) ~ 0.05, far below the pre-activations of
+        # normalized inputs: nearly half the latents fire, and a log-threshold moving ~lr per Adam step
+        # needs thousands of steps to climb. Starting at one standard deviation of the first batch's
+        # pre-activations starts sparse (about a tenth firing) yet still reconstructing; the L0 penalty
+        # and reconstruction tune each threshold from there. (Two deviations start too sparse on LM
+        # activations: few latents fire, and EV stays low for many epochs.)
+        super().init_from_data(x)
+        pre = self.encoder_pre(x.reshape(-1, self.d_in))
+        self.net.thresholds.fill_(float(torch.log(self.init_threshold_stds * pre.float().std().clamp_min(1e-6))))
 
     def _thresholds(self) -> torch.Tensor:
         return torch.exp(self.net.thresholds)

@@ -1,0 +1,237 @@
+"""``MultiSaeTrainer``: several SAEs trained live from one forward pass per batch of texts.
+
+Each ``SaeSpec`` names a layer, an SAE class, its kwargs and its ``TrainingConfig``: different layers, or
+different sizes and variants on one layer. Every batch of texts runs through the model once, harvesting
+all the layers still in training and stopping at the deepest of them; each SAE then takes its layer's
+tokens through a small shuffle window in batches of its own ``batch_size``. Nothing is written to disk
+but the SAEs (saved to the store like ``SaeTrainer``'s, with ``metrics.json`` and epoch checkpoints).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mi_crow.datasets import as_text_dataset
+from mi_crow.language_model.harvest import iter_harvest
+from mi_crow.language_model.loading import pick_device
+from mi_crow.mechanistic.sae.config import TrainingConfig
+from mi_crow.mechanistic.sae.fit import SaeFit
+from mi_crow.mechanistic.sae.metrics import EpochStats
+from mi_crow.mechanistic.sae.modules import Sae, TopKSae
+from mi_crow.mechanistic.sae.trainer import CHECKPOINT, SaeTrainer, StepCallback
+
+if TYPE_CHECKING:
+    from mi_crow.language_model import LanguageModel
+    from mi_crow.store import LocalStore
+
+
+@dataclass
+class SaeSpec:
+    """One SAE to train: on ``layer``, of ``sae_class`` with ``sae_kwargs``, under ``hyperparams``."""
+
+    layer: str
+    sae_class: type[Sae] | str = TopKSae
+    hyperparams: TrainingConfig | dict[str, Any] | None = None
+    sae_kwargs: dict[str, Any] = field(default_factory=dict)
+    sae_id: str | None = None
+
+
+class _Window:
+    """Collects one SAE's rows, shuffles them within a window of ``window`` rows and cuts batches.
+
+    Tokens of one text are strongly correlated; mixing several forward batches before cutting training
+    batches approximates the shuffled order a stored run gives, without storing anything.
+    """
+
+    def __init__(self, batch_size: int, window: int, shuffle: bool, seed: int) -> None:
+        self.batch_size, self.window, self.shuffle = batch_size, max(window, batch_size), shuffle
+        self.gen = torch.Generator().manual_seed(seed)
+        self.parts: list[torch.Tensor] = []
+        self.rows = 0
+
+    def add(self, rows: torch.Tensor) -> Iterator[torch.Tensor]:
+        self.parts.append(rows)
+        self.rows += rows.shape[0]
+        if self.rows >= self.window:
+            yield from self._cut(keep_tail=True)
+
+    def flush(self) -> Iterator[torch.Tensor]:
+        """The rest at the end of an epoch, the last batch possibly short (as ``SaeTrainer``'s last is)."""
+        if self.rows:
+            yield from self._cut(keep_tail=False)
+
+    def _cut(self, keep_tail: bool) -> Iterator[torch.Tensor]:
+        block = torch.cat(self.parts)
+        if self.shuffle:
+            block = block[torch.randperm(block.shape[0], generator=self.gen)]
+        full = (block.shape[0] // self.batch_size) * self.batch_size if keep_tail else block.shape[0]
+        rest = block[full:]
+        self.parts, self.rows = ([rest] if rest.shape[0] else []), rest.shape[0]
+        yield from block[:full].split(self.batch_size)
+
+
+class MultiSaeTrainer:
+    """Train every ``SaeSpec`` in ``specs`` on ``lm``'s activations with one forward per batch of texts.
+
+    ``on_step`` gets the same records as ``SaeTrainer``'s, with ``sae_id`` and ``layer`` added, and may
+    return False to cancel all of them. With ``resume=True`` (or ``checkpoint_every`` in a spec's
+    config) every SAE is checkpointed at each epoch end, and a resumed run continues from the last
+    epoch all of them finished.
+    """
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        specs: list[SaeSpec],
+        *,
+        store: LocalStore | None = None,
+        progress: bool = True,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        if not specs:
+            raise ValueError("no SAEs to train: give at least one SaeSpec")
+        self.lm = lm
+        self.store = store or lm.store
+        self.progress = progress
+        self.on_step = on_step
+        self.trainers: list[SaeTrainer] = []
+        for spec in specs:
+            trainer = SaeTrainer(
+                lm,
+                spec.layer,
+                spec.sae_class,
+                spec.hyperparams,
+                sae_kwargs=spec.sae_kwargs,
+                store=self.store,
+                sae_id=spec.sae_id,
+                progress=False,
+            )
+            trainer.on_step = self._forwarder(trainer)
+            self.trainers.append(trainer)
+        ids = [t.sae_id for t in self.trainers]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"SAE ids must differ, got {ids}")
+        # Widths are probed now (a forward of its own), not inside the training loop.
+        self.widths = {layer: lm.hidden_size(layer) for layer in dict.fromkeys(t.layer for t in self.trainers) if layer}
+
+    def _forwarder(self, trainer: SaeTrainer) -> StepCallback:
+        def forward(record: dict[str, Any]) -> bool | None:
+            if self.on_step is None:
+                return None
+            return self.on_step({**record, "layer": trainer.layer, "sae_id": trainer.sae_id})
+
+        return forward
+
+    def train(
+        self,
+        dataset: Any,
+        *,
+        batch_size: int = 16,
+        max_length: int | None = None,
+        sample_limit: int | None = None,
+        text_field: str = "text",
+        split: str | None = None,
+        shuffle_window: int | None = None,
+        resume: bool = False,
+    ) -> list[Sae]:
+        """Train on ``dataset`` (anything ``as_text_dataset`` takes); ``batch_size`` texts per forward.
+
+        ``shuffle_window`` is in tokens per SAE (default: 8 of that SAE's training batches). Returns the
+        SAEs in spec order, each saved to the store.
+        """
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        texts = as_text_dataset(dataset, text_field=text_field, split=split, sample_limit=sample_limit)
+        n_tokens = self._count_tokens(texts, batch_size, max_length)
+        prepared = [self._prepare(trainer, n_tokens, resume) for trainer in self.trainers]
+        fits = [fit for fit, _, _ in prepared]
+        starts = [start for _, _, start in prepared]
+        total = sum(f.total or 0 for f in fits) or None
+        initial = sum(f.step for f in fits)
+        bar = tqdm(total=total, initial=initial, unit="step", desc="train SAEs", disable=not self.progress)
+        started = time.time()
+        try:
+            for epoch in range(min(starts), max(t.config.epochs for t in self.trainers)):
+                active = [i for i, t in enumerate(self.trainers) if starts[i] <= epoch < t.config.epochs]
+                if active:
+                    self._epoch(epoch, active, fits, texts.batches(batch_size), max_length, shuffle_window, bar)
+                for i in active:
+                    if resume or self.trainers[i].config.checkpoint_every:
+                        self.trainers[i].checkpoint(prepared[i][1], fits[i], epoch + 1, 0)
+        finally:
+            bar.close()
+        source = {"kind": "live", "dataset": texts.describe(), "batch_size": batch_size, "forwards_shared": True}
+        return [
+            trainer.finish(fit, {**source, "layer": trainer.layer}, started, sae_dir)
+            for trainer, (fit, sae_dir, _) in zip(self.trainers, prepared, strict=True)
+        ]
+
+    def _prepare(self, trainer: SaeTrainer, n_tokens: int, resume: bool) -> tuple[SaeFit, Path, int]:
+        """Build the SAE and its fit, restored from its checkpoint when resuming; the epoch to start at."""
+        cfg = trainer.config
+        device = pick_device(cfg.device)
+        sae = trainer.build_sae(self.widths[trainer.layer]).to(device)
+        sae.sae_id, sae.layer, sae.model_id = trainer.sae_id, trainer.layer, self.lm.model_id
+        fit = SaeFit(sae, cfg, device, n_tokens)
+        sae_dir = self.store.sae_dir(self.lm.model_id, trainer.sae_id)
+        start = 0
+        if resume and (sae_dir / CHECKPOINT).is_file():
+            blob = io.BytesIO((sae_dir / CHECKPOINT).read_bytes())
+            state = torch.load(blob, map_location=device, weights_only=False)
+            fit.load_state_dict(state)
+            start = state["epoch"]
+            trainer.history, trainer.epochs = state["history"], state["epochs"]
+            trainer.notify({"phase": "resume", "step": fit.step, "epoch": start, "total_steps": fit.total})
+        sae.train()
+        return fit, sae_dir, start
+
+    def _epoch(
+        self,
+        epoch: int,
+        active: list[int],
+        fits: list[SaeFit],
+        text_batches: Iterator[list[str]],
+        max_length: int | None,
+        shuffle_window: int | None,
+        bar: Any,
+    ) -> None:
+        """One pass over the texts: one forward per batch, every active SAE trained on its layer."""
+        windows = {i: self._window(i, epoch, shuffle_window) for i in active}
+        stats = {i: EpochStats() for i in active}
+
+        def train_on(i: int, batches: Iterator[torch.Tensor]) -> None:
+            for batch in batches:
+                x, out, metrics = fits[i].train_step(batch, where=f"of epoch {epoch}")
+                stats[i].add(x, out.x_hat.detach(), **metrics)
+                bar.update(1)
+                self.trainers[i].log_step(fits[i], epoch, metrics)
+
+        layers = list(dict.fromkeys(self.trainers[i].layer for i in active))
+        for hb in iter_harvest(self.lm, text_batches, layers, max_length=max_length):
+            for i in active:
+                train_on(i, windows[i].add(hb.activations[self.trainers[i].layer]))
+        for i in active:
+            train_on(i, windows[i].flush())
+            self.trainers[i].end_epoch(fits[i], epoch, stats[i])
+
+    def _window(self, i: int, epoch: int, shuffle_window: int | None) -> _Window:
+        cfg = self.trainers[i].config
+        window = shuffle_window or 8 * cfg.batch_size
+        return _Window(cfg.batch_size, window, cfg.shuffle, cfg.seed + epoch)
+
+    def _count_tokens(self, texts: Any, batch_size: int, max_length: int | None) -> int:
+        """Real tokens per epoch, by tokenizing only (no forward): it sizes the lr schedules and dead-latent window."""
+        n = 0
+        for batch in texts.batches(batch_size):
+            n += int(self.lm.tokenize(batch, max_length=max_length)["attention_mask"].sum())
+        if n == 0:
+            raise ValueError("the dataset has no tokens to train on")
+        return n
