@@ -1,10 +1,11 @@
-"""Measure mi-crow's harvest and SAE training throughput against plain PyTorch baselines, side by side.
+"""Measure mi-crow's harvest and SAE training throughput against plain PyTorch and other libraries, side by side.
 
-Each row runs ours and the reference alternately in the same process (order flipped every repeat, so
-drift in machine load or thermal state hits both sides alike) and reports medians. Timings are printed,
-never asserted: a ratio below target is information, not a failure of the script.
+Each row runs ours and the reference alternately (order rotated every repeat, so drift in machine load
+or thermal state hits every side alike) and reports medians. Timings are printed, never asserted: a
+ratio below target is information, not a failure of the script. Competitors (SAELens, overcomplete,
+the seed mi-crow 1.0.0.post10) run in their own environments, installed on first use (``envs.py``).
 
-    .venv/bin/python -m benchmarks.run [--quick] [--threads N] [--repeats N]
+    .venv/bin/python -m benchmarks.run [--quick] [--threads N] [--repeats N] [--rows a,b] [--no-competitors]
 """
 
 from __future__ import annotations
@@ -13,19 +14,17 @@ import argparse
 import contextlib
 import datetime as dt
 import math
-import os
-import platform
-import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks.common import Row, alternate, explained_variance, machine, pseudo_texts, table
+from benchmarks.versus import Competitors
 
 OUT_DIR = Path(__file__).parent / "out"
 LAYER = "transformer_h_1"
@@ -34,63 +33,15 @@ BATCH_SIZE = 32
 D_IN = 768
 SAE_BATCH = 4096
 SAE_K = 32
+EV_TOLERANCE = 0.01  # held-out explained variance within this of a competitor's counts as equal
+GROUPS = ("harvest", "harvest-vs-seed", "sae-train", "multi-sae", "memory", "stream", "e2e")
 
-# Words the tiny BPE tokenizer has merges for, so texts tokenize into realistic lengths.
-_WORD_TEXT = (
-    "the a of and to in is was for on with as by at from that this it his her their cat dog horse fox owl "
-    "red blue green yellow rain snow wind bread cheese apple soup happy sad calm proud piano guitar violin "
-    "garden kitchen river park school market station library field house anna ben clara david emma felix "
-    "morning evening yesterday week noon sunday lunch walked saw found made took gave played sang ate "
-    "quickly slowly quietly often never always very small large old new bright dark warm cold"
-)
-_WORDS = _WORD_TEXT.split()
+__all__ = ["Row", "alternate", "explained_variance", "machine", "pseudo_texts", "table"]
 
 
-@dataclass
-class Row:
-    name: str
-    unit: str
-    ours: float
-    reference: float
-    target: float
-    note: str = ""
-
-    @property
-    def ratio(self) -> float:
-        return self.ours / self.reference if self.reference else float("nan")
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{model}, {os.cpu_count()} logical CPUs, {gpu}, {platform.system()} {platform.release()}"
-
-
-def pseudo_texts(n: int, seed: int = 0) -> list[str]:
-    """Deterministic English-ish texts of 20-60 words: realistic token counts without any download."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(20, 60))) + "." for _ in range(n)]
-
-
-def alternate(sides: list[Callable[[], float]], repeats: int) -> list[list[float]]:
-    """Run each side once untimed (warm-up), then ``repeats`` rounds; returns each side's rates.
-
-    The order rotates every round, so drift in machine load (other processes, thermal state) and
-    cache churn left by the previous side hit every side alike.
-    """
-    for side in sides:
-        side()
-    rates: list[list[float]] = [[] for _ in sides]
-    for r in range(repeats):
-        for j in range(len(sides)):
-            i = (j + r) % len(sides)
-            rates[i].append(sides[i]())
-    return rates
+def sync(device: str | None) -> None:
+    if device and device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 # -- harvest ---------------------------------------------------------------------------------------
@@ -98,23 +49,23 @@ class _Stop(Exception):
     """Raised by the trunk baseline's hook to end the forward after the harvested block."""
 
 
-def bench_harvest(n_texts: int, repeats: int) -> list[Row]:
-    from benchmarks.models import build_gpt2
+def bench_harvest(
+    model_dir: Path, n_texts: int, repeats: int, device: str | None = None, dtype: str | None = None
+) -> list[Row]:
     from mi_crow.language_model import LanguageModel
     from mi_crow.store import LocalStore
 
     texts = pseudo_texts(n_texts)
-    with tempfile.TemporaryDirectory(prefix="mi_crow_bench_model_") as model_dir:
-        build_gpt2(Path(model_dir))
-        lm = LanguageModel(model_dir)
+    lm = LanguageModel(str(model_dir), device=device, dtype=dtype)
+    all_layers = [f"transformer_h_{i}" for i in range(len(lm.model.transformer.h))]
     batches = [texts[i : i + BATCH_SIZE] for i in range(0, len(texts), BATCH_SIZE)]
     n_tokens = sum(int(lm.tokenize(b)["attention_mask"].sum()) for b in batches)
 
-    def ours() -> float:
+    def harvest(layers: list[str]) -> float:
         with tempfile.TemporaryDirectory(prefix="mi_crow_bench_store_") as tmp:
             t0 = time.perf_counter()
-            lm.save_activations(texts, [LAYER], batch_size=BATCH_SIZE, progress=False, store=LocalStore(tmp))
-            elapsed = time.perf_counter() - t0
+            lm.save_activations(texts, layers, batch_size=BATCH_SIZE, progress=False, store=LocalStore(tmp))
+            elapsed = time.perf_counter() - t0  # save_activations returns with every shard on disk
         return n_tokens / elapsed
 
     def full() -> float:
@@ -123,6 +74,7 @@ def bench_harvest(n_texts: int, repeats: int) -> list[Row]:
         with torch.inference_mode():
             for b in batches:
                 lm.model(**lm.tokenize(b), use_cache=False)
+        sync(device)
         return n_tokens / (time.perf_counter() - t0)
 
     def trunk() -> float:
@@ -137,17 +89,21 @@ def bench_harvest(n_texts: int, repeats: int) -> list[Row]:
                 for b in batches:
                     with contextlib.suppress(_Stop):
                         lm.model(**lm.tokenize(b), use_cache=False)
+            sync(device)
             return n_tokens / (time.perf_counter() - t0)
         finally:
             handle.remove()
 
-    # One rotation of three sides: ours runs once per round and serves as numerator of both ratios.
-    ours_r, full_r, trunk_r = (statistics.median(rates) for rates in alternate([ours, full, trunk], repeats))
-    note = f"{len(texts)} texts, {n_tokens} tokens, batch {BATCH_SIZE}, layer {LAYER}"
+    # One rotation of four sides: ``ours`` is the numerator of the first two ratios, ``many`` of the third.
+    sides = [lambda: harvest([LAYER]), full, trunk, lambda: harvest(all_layers)]
+    ours_r, full_r, trunk_r, many_r = (statistics.median(rates) for rates in alternate(sides, repeats))
+    note = f"{len(texts)} texts, {n_tokens} tokens, batch {BATCH_SIZE}"
     return [
-        Row("harvest", "tok/s", ours_r, full_r, 0.95, note + "; ref: full forward"),
+        Row("harvest", "tok/s", ours_r, full_r, 0.95, note + f", layer {LAYER}; ref: full forward"),
         Row("harvest-vs-trunk", "tok/s", ours_r, trunk_r, 0.9,
-            note + f"; ref: forward stopped after block {LAYER_INDEX}"),
+            note + f", layer {LAYER}; ref: forward stopped after block {LAYER_INDEX}"),
+        Row("harvest-many", "tok/s", many_r, full_r, 0.8,
+            note + f", all {len(all_layers)} blocks in one pass; ref: full forward"),
     ]  # fmt: skip
 
 
@@ -169,85 +125,148 @@ class PlainTopK(nn.Module):
         return codes @ self.decoder + self.b_dec
 
 
-def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    return float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0, keepdim=True)).pow(2).sum())
+def sparse_data(n: int, d: int, n_atoms: int, k_true: int, gen: torch.Generator) -> torch.Tensor:
+    """Vectors that are sparse sums of ``k_true`` of ``n_atoms`` unit directions plus a little noise.
+
+    Unlike Gaussian noise this has the structure an SAE is for, so held-out explained variance says
+    something about how well each trainer learns in the same number of steps.
+    """
+    atoms = F.normalize(torch.randn(n_atoms, d, generator=gen), dim=-1)
+    out = torch.empty(n, d)
+    for start in range(0, n, 8192):  # in slices: an (n, k_true, d) gather would be gigabytes
+        m = min(8192, n - start)
+        idx = torch.randint(0, n_atoms, (m, k_true), generator=gen)
+        weights = 0.5 + 2 * torch.rand(m, k_true, generator=gen)
+        out[start : start + m] = F.embedding_bag(idx, atoms, per_sample_weights=weights, mode="sum")
+    return out + 0.05 * torch.randn(n, d, generator=gen)
 
 
-def bench_sae(n_vectors: int, n_latents: int, repeats: int) -> tuple[Row, str]:
+def bench_sae(
+    n_vectors: int,
+    n_latents: int,
+    repeats: int,
+    comps: Competitors,
+    threads: int,
+    device: str = "cpu",
+    bf16: bool = False,
+) -> tuple[list[Row], list[str]]:
+    from safetensors.torch import save_file
+
+    from benchmarks.versus import EV_SIDES_NOTE, sae_competitor_sides
     from mi_crow.mechanistic.sae import SaeTrainer, TopKSae
     from mi_crow.store import LocalStore
 
     gen = torch.Generator().manual_seed(0)
-    data = torch.randn(n_vectors, D_IN, generator=gen)
-    held_out = torch.randn(4096, D_IN, generator=gen)
+    data = sparse_data(n_vectors + 4096, D_IN, n_latents, SAE_K // 2, gen)
+    data, held_out = data[:n_vectors].contiguous(), data[n_vectors:].contiguous()
     steps = math.ceil(n_vectors / SAE_BATCH)
-    lr = 2e-4 / math.sqrt(n_latents / 16384)  # the trainer's default for this width, so both learn alike
+    lr = 2e-4 / math.sqrt(n_latents / 16384)  # the trainer's default for this width, given to every side
     ev: dict[str, float] = {}
+    dev_data, dev_held = data.to(device), held_out.to(device)
 
     def ours() -> float:
-        hp = {"epochs": 1, "batch_size": SAE_BATCH, "k": SAE_K, "n_latents": n_latents, "log_every": 10**9}
+        hp = {"epochs": 1, "batch_size": SAE_BATCH, "k": SAE_K, "n_latents": n_latents, "lr": lr,
+              "log_every": 10**9, "device": device, "autocast_dtype": "bf16" if bf16 else None}  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="mi_crow_bench_sae_") as tmp:
             trainer = SaeTrainer(None, "x", TopKSae, hp, progress=False, store=LocalStore(tmp), model_id="bench")
             # Timed from train() to its return: includes init, per-step metrics and saving the SAE.
             t0 = time.perf_counter()
-            sae = trainer.train(data)
+            sae = trainer.train(dev_data)
+            sync(device)
             elapsed = time.perf_counter() - t0
         with torch.no_grad():
-            ev["ours"] = explained_variance(held_out, sae(held_out).x_hat)
+            ev["ours"] = explained_variance(dev_held, sae.float()(dev_held).x_hat)
         return n_vectors / elapsed
 
     def ref() -> float:
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        sae = PlainTopK(D_IN, n_latents, SAE_K)
+        sae = PlainTopK(D_IN, n_latents, SAE_K).to(device)
         with torch.no_grad():
-            sae.b_dec.copy_(data[:SAE_BATCH].mean(0))
+            sae.b_dec.copy_(dev_data[:SAE_BATCH].mean(0))
         opt = torch.optim.Adam(sae.parameters(), lr=lr)
-        order = torch.randperm(n_vectors)  # shuffled like the trainer's epoch
+        order = torch.randperm(n_vectors, device=device)  # shuffled like the trainer's epoch
         for step in range(steps):
-            x = data[order[step * SAE_BATCH : (step + 1) * SAE_BATCH]]
-            loss = (sae(x) - x).pow(2).mean()
+            x = dev_data[order[step * SAE_BATCH : (step + 1) * SAE_BATCH]]
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                loss = (sae(x) - x).float().pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        sync(device)
         elapsed = time.perf_counter() - t0
         with torch.no_grad():
-            ev["reference"] = explained_variance(held_out, sae(held_out))
+            ev["plain PyTorch"] = explained_variance(dev_held, sae(dev_held))
         return n_vectors / elapsed
 
-    ours_r, ref_r = alternate([ours, ref], repeats)
-    note = f"{n_vectors} x {D_IN} -> {n_latents} latents, k {SAE_K}, batch {SAE_BATCH}, {steps} steps"
-    ev_line = (
-        f"held-out explained variance (random Gaussian data, low for both by design): "
-        f"ours {ev['ours']:.4f}, reference {ev['reference']:.4f}"
+    with tempfile.TemporaryDirectory(prefix="mi_crow_bench_sae_data_") as tmp:
+        data_file = Path(tmp) / "data.safetensors"
+        save_file({"train": data, "held_out": held_out}, str(data_file))
+        comp_sides, rows = sae_competitor_sides(
+            comps, data_file, n_latents, SAE_K, SAE_BATCH, lr, threads, device, bf16
+        )
+        ours(), ref()  # warm-up; each competitor runner warms up in its own process
+        failed: dict[str, str] = {}
+        sides = [ours, ref, *[_guard(side, name, failed) for name, side, _ in comp_sides]]
+        rates = alternate(sides, repeats, warm_up=False)
+    note = f"{n_vectors} x {D_IN} -> {n_latents} latents, k {SAE_K}, batch {SAE_BATCH}, {steps} steps, lr {lr:.1e}"
+    ours_r = statistics.median(rates[0])
+    rows.insert(0, Row("sae-train", "vec/s", ours_r, statistics.median(rates[1]), 1.0,
+                       note + "; ref: plain dense TopK loop"))  # fmt: skip
+    lines = []
+    for (name, _, results), r in zip(comp_sides, rates[2:], strict=True):
+        row_name = f"sae-train-vs-{name}"
+        if name in failed:
+            rows.append(Row(row_name, "vec/s", ours_r, float("nan"), 2.0, status=f"failed: {failed[name]}"))
+            continue
+        version = results[-1].get("version", "?")
+        ev[name] = statistics.median(float(x["explained_variance"]) for x in results)
+        rows.append(Row(row_name, "vec/s", ours_r, statistics.median(r), 2.0, f"{name} {version}, same data/shapes/lr"))
+    fastest = max((row for row in rows[1:] if not row.status), key=lambda row: row.reference, default=None)
+    if fastest is not None:
+        lines.append(f"fastest other SAE trainer: {fastest.name.removeprefix('sae-train-vs-')} "
+                     f"(ours / it = {fastest.ratio:.2f}, target >= 2)")  # fmt: skip
+    verdicts = ", ".join(
+        f"{k} {v:.4f} ({'ours equal or better' if ev['ours'] >= v - EV_TOLERANCE else 'OURS WORSE'})"
+        for k, v in ev.items()
+        if k != "ours"
     )
-    return Row("sae-train", "vec/s", statistics.median(ours_r), statistics.median(ref_r), 1.0, note), ev_line
+    lines.append(f"held-out explained variance ({EV_SIDES_NOTE}): ours {ev['ours']:.4f}; {verdicts}")
+    return rows, lines
+
+
+def _guard(side, name: str, failed: dict[str, str]):
+    """A competitor that crashes mid-run is reported in its row; the other sides keep running."""
+
+    def run() -> float:
+        if name in failed:
+            return float("nan")
+        try:
+            return side()
+        except (RuntimeError, OSError) as exc:
+            failed[name] = str(exc)[:200]
+            return float("nan")
+
+    return run
 
 
 # -- report ----------------------------------------------------------------------------------------
-def table(rows: list[Row]) -> list[str]:
-    lines = [
-        "| row | ours | reference | ratio | target | pass |",
-        "|---|---:|---:|---:|---:|:---:|",
-    ]
-    for r in rows:
-        mark = "yes" if r.ratio >= r.target else "NO"
-        lines.append(
-            f"| {r.name} | {r.ours:,.0f} {r.unit} | {r.reference:,.0f} {r.unit} | {r.ratio:.3f} | "
-            f">= {r.target:.2f} | {mark} |"
-        )
-    return lines
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller workloads (about 2-3 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="smaller workloads (a few minutes on 2 cores)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 5, quick 3)")
+    parser.add_argument("--rows", default=",".join(GROUPS), help=f"comma-separated groups of rows: {','.join(GROUPS)}")
+    parser.add_argument("--no-competitors", action="store_true", help="skip the rows needing other libraries")
     args = parser.parse_args(argv)
+    groups = [g.strip() for g in args.rows.split(",") if g.strip()]
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {','.join(GROUPS)}")
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 5)
     n_texts, n_vectors, n_latents = (256, 16_384, 4096) if args.quick else (512, 40_960, 16_384)
+    comps = Competitors(enabled=not args.no_competitors)
 
     header = [
         f"date: {dt.datetime.now().isoformat(timespec='seconds')}",
@@ -257,19 +276,48 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print("\n".join(header), flush=True)
     started = time.perf_counter()
-    rows = bench_harvest(n_texts, repeats)
-    print(f"harvest rows done in {time.perf_counter() - started:.0f}s", flush=True)
-    sae_row, ev_line = bench_sae(n_vectors, n_latents, repeats)
-    rows.append(sae_row)
-    from benchmarks.stream import bench_stream
+    rows: list[Row] = []
+    extra: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="mi_crow_bench_model_") as model_tmp:
+        from benchmarks.models import build_gpt2
 
-    grpc_rate, tcp_rate, stream_note = bench_stream(32 if args.quick else 64, repeats)
-    rows.append(Row("stream", "MB/s", grpc_rate / 1e6, tcp_rate / 1e6, 0.5, stream_note + "; ref: raw TCP socket"))
-    from benchmarks.e2e import bench_e2e
+        model_dir = build_gpt2(Path(model_tmp))
+        for group in groups:
+            t0 = time.perf_counter()
+            if group == "harvest":
+                rows += bench_harvest(model_dir, n_texts, repeats)
+            elif group == "harvest-vs-seed":
+                from benchmarks.versus import bench_harvest_vs_seed
 
-    e2e_ours, e2e_ref, e2e_note = bench_e2e(pseudo_texts(n_texts, seed=1), repeats)
-    rows.append(Row("e2e", "tok/s", e2e_ours, e2e_ref, 0.8, e2e_note))
-    notes = [f"- {r.name}: {r.note}" for r in rows] + [f"- {ev_line}"]
+                texts = pseudo_texts(64 if args.quick else 256, seed=2)
+                rows.append(bench_harvest_vs_seed(comps, model_dir, texts, LAYER, BATCH_SIZE, repeats, args.threads))
+            elif group == "sae-train":
+                sae_rows, lines = bench_sae(n_vectors, n_latents, repeats, comps, args.threads)
+                rows += sae_rows
+                extra += lines
+            elif group == "multi-sae":
+                from benchmarks.multi_sae import bench_multi_sae
+
+                rows.append(bench_multi_sae(model_dir, pseudo_texts(n_texts // 2, seed=3), repeats))
+            elif group == "memory":
+                from benchmarks.memory import bench_memory
+
+                mem_rows, lines = bench_memory(model_dir, shard_tokens=8192 if args.quick else 65_536)
+                rows += mem_rows
+                extra += lines
+            elif group == "stream":
+                from benchmarks.stream import bench_stream
+
+                grpc_rate, tcp_rate, stream_note = bench_stream(32 if args.quick else 64, repeats)
+                rows.append(Row("stream", "MB/s", grpc_rate / 1e6, tcp_rate / 1e6, 0.5,
+                                stream_note + "; ref: raw TCP socket"))  # fmt: skip
+            elif group == "e2e":
+                from benchmarks.e2e import bench_e2e
+
+                e2e_ours, e2e_ref, e2e_note = bench_e2e(pseudo_texts(n_texts, seed=1), repeats)
+                rows.append(Row("e2e", "tok/s", e2e_ours, e2e_ref, 0.8, e2e_note))
+            print(f"{group} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    notes = [f"- {r.name}: {r.note}" for r in rows if r.note] + [f"- {line}" for line in extra]
     footer = f"total {time.perf_counter() - started:.0f}s"
 
     lines = table(rows)

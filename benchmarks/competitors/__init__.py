@@ -1,0 +1,1 @@
+"""Runner scripts executed by each competitor's own interpreter (see ``benchmarks/envs.py``)."""
