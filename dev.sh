@@ -22,6 +22,16 @@ setup() {
     "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
     echo "$want" > "$STAMP"
   fi
+  # The dashboard page test drives Debian's Chromium with Playwright (never a downloaded browser build).
+  if [ ! -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "dev.sh: installing Debian's chromium for the dashboard browser test"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "dev.sh: no Chromium found, so tests/e2e/test_dashboard_html.py will be skipped." >&2
+      echo "        Install it as root: apt-get install -y chromium (or set MI_CROW_CHROMIUM=/path/to/chrome)." >&2
+    fi
+  fi
   # The Node.js example client (exercised by the tests): its packages, pinned by package-lock.json.
   if command -v npm >/dev/null 2>&1 && [ ! -d examples/clients/node/node_modules/@grpc/grpc-js ]; then
     (cd examples/clients/node && npm ci --no-audit --no-fund --loglevel=error)

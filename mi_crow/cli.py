@@ -103,14 +103,74 @@ def train(
     typer.echo(json.dumps({"sae_id": sae.id, "final": trainer.epochs[-1]}))
 
 
+@app.command()
+def dashboard(
+    model: str = typer.Option(..., "--model", help="hub id, local directory or alias of the SAE's model"),
+    sae: str = typer.Option(..., "--sae", help="SAE id in the store"),
+    out: Path = typer.Option(..., "--out", help="directory to write index.html into"),
+    texts: Path | None = typer.Option(None, "--texts", help="a .txt/.jsonl/.csv file of texts"),
+    dataset: str | None = typer.Option(None, "--dataset", help="a saved dataset directory or a hub dataset name"),
+    split: str | None = typer.Option(None, help="dataset split (hub datasets: default train)"),
+    text_field: str = typer.Option("text", help="column holding the text in .jsonl/.csv/datasets"),
+    sample_limit: int | None = typer.Option(None, help="use at most this many texts"),
+    latent: list[int] = typer.Option([], "--latent", help="show these latents (repeatable); default: the densest"),
+    max_latents: int = typer.Option(256, help="cap on the latents shown when --latent is not given"),
+    top_k: int = typer.Option(10, help="top activating examples per latent"),
+    max_tokens: int = typer.Option(1_000_000, help="stop reading texts after this many tokens"),
+    batch_size: int = 16,
+    store: Path | None = typer.Option(None, help="artifact root (default MI_CROW_STORE)"),
+) -> None:
+    """Build feature dashboards of a stored SAE: stores dashboard.json next to it and writes OUT/index.html."""
+    from mi_crow.datasets import TextDataset, as_text_dataset
+    from mi_crow.language_model import LanguageModel
+    from mi_crow.mechanistic.dashboards import build_stored_dashboard, copy_page
+
+    if (texts is None) == (dataset is None):
+        raise typer.BadParameter("give exactly one of --texts or --dataset")
+    if texts is not None:
+        data = as_text_dataset(texts, text_field=text_field, sample_limit=sample_limit)
+    elif Path(dataset).exists():
+        data = as_text_dataset(str(dataset), text_field=text_field, split=split, sample_limit=sample_limit)
+    else:
+        data = TextDataset.from_hf(dataset, split=split or "train", text_field=text_field, sample_limit=sample_limit)
+    lm = LanguageModel(model, store=store)
+    result = build_stored_dashboard(
+        lm, sae, data, latents=latent or None, max_latents=max_latents, top_k=top_k, max_tokens=max_tokens,
+        batch_size=batch_size, progress=True,
+    )  # fmt: skip
+    page = copy_page(result, out)
+    summary = {"sae_id": sae, "latents": len(result.dashboard.latents), "tokens": result.dashboard.n_tokens}
+    typer.echo(json.dumps({**summary, "dashboard": str(result.json_path), "html": str(page)}))
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="hub id, local directory or alias"),
+    sae_id: str = typer.Argument(..., help="a stored SAE of this model"),
+    data: str = typer.Argument(..., help="held-out texts: a .txt/.jsonl/.csv file or a saved HF dataset directory"),
+    max_tokens: int = 32_768,
+    batch_size: int = 16,
+    downstream: bool = typer.Option(True, help="also CE recovered and KL (three full forwards per batch)"),
+    save: bool = typer.Option(True, help="store the result as eval.json next to the SAE"),
+    store: Path | None = None,
+) -> None:
+    """Evaluate a stored SAE on held-out texts; prints the evaluation as JSON."""
+    from mi_crow.language_model import LanguageModel
+    from mi_crow.mechanistic.evaluation import evaluate_sae
+
+    lm = LanguageModel(model, store=store)
+    concepts = lm.load_concepts(sae_id)
+    report = evaluate_sae(lm, concepts.sae, data, max_tokens=max_tokens, batch_size=batch_size, downstream=downstream)
+    if save:
+        report.save(concepts.sae_dir)
+    typer.echo(json.dumps({k: v for k, v in report.to_dict().items() if k != "latent_density"}))
+
+
 def _server_config(port: int | None, redis_url: str | None, store: Path | None, host: str | None = None):
-    import logging
-
     from mi_crow.services.common.config import ServerConfig
+    from mi_crow.services.common.logs import configure
 
-    logging.basicConfig(
-        level=logging.INFO, format='{"t": "%(asctime)s", "level": "%(levelname)s", "msg": "%(message)s"}'
-    )
+    configure()  # JSON lines on stderr, each with the request id of the call it belongs to
     return ServerConfig.from_env(port=port, redis_url=redis_url, artifact_root=store, host=host)
 
 
@@ -172,6 +232,7 @@ def health(address: str = typer.Argument(..., help="host:port of any mi-crow ser
 def up(
     workdir: Path = typer.Option(Path(".mi_crow/cluster"), help="store, Redis data and logs"),
     workers: int = typer.Option(2, help="number of RQ training workers"),
+    inference: int = typer.Option(1, help="number of inference servers (they register in Redis for discovery)"),
     redis_url: str | None = typer.Option(None, help="use this Redis instead of starting a private one"),
 ) -> None:
     """Start a whole local cluster on this machine and keep it running until Ctrl-C."""
@@ -179,10 +240,10 @@ def up(
 
     from mi_crow.services.launcher import LocalCluster
 
-    with LocalCluster(workdir.resolve(), redis_url=redis_url, workers=workers) as cluster:
+    with LocalCluster(workdir.resolve(), redis_url=redis_url, workers=workers, inference=inference) as cluster:
         console.print(f"redis      {cluster.redis_url}")
         console.print(f"artifacts  {cluster.artifacts.address if cluster.artifacts else '-'}")
-        console.print(f"inference  {cluster.inference.address if cluster.inference else '-'}")
+        console.print(f"inference  {', '.join(s.address for s in cluster.inference_servers) or '-'}")
         console.print(f"workers    {', '.join(w.name for w in cluster.workers)}")
         console.print(f"logs       {cluster.workdir / 'logs'}  (Ctrl-C stops everything)")
         try:

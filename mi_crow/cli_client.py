@@ -192,6 +192,80 @@ def infer(
         )
 
 
+@app.command()
+def evaluate(
+    model_id: str,
+    sae_id: str,
+    text: list[str] = typer.Option(None, "--text", help="held-out text (repeatable)"),
+    path: list[str] = typer.Option(None, "--path", help="server-side file or dataset dir under the dataset roots"),
+    hf: str | None = typer.Option(None, help="Hugging Face dataset name"),
+    split: str = "",
+    text_field: str = "",
+    sample_limit: int = 0,
+    max_tokens: int = 0,
+    batch_size: int = 0,
+    downstream: bool = typer.Option(True, help="also CE recovered and KL (three full forwards per batch)"),
+    inference: str = InferenceOpt,
+) -> None:
+    """Evaluate an SAE on held-out texts (reconstruction, dead/dense latents, CE recovered, KL); stored with it."""
+    spec = _dataset(text, path, hf, split, text_field, sample_limit)
+    with _client(inference=inference) as c, console.status("evaluating on the inference server"):
+        out = c.evaluate_sae(
+            model_id, sae_id, spec, max_tokens=max_tokens, batch_size=batch_size, downstream=downstream
+        )
+    _print(out.evaluation)
+
+
+def _steer(spec: str):  # type: ignore[no-untyped-def]
+    from mi_crow.client import steering_edit
+
+    parts = spec.split(":")  # SAE ids and layer names never hold a colon
+    if not 3 <= len(parts) <= 5 or (len(parts) == 3 and parts[2].lower() != "ablate"):
+        raise typer.BadParameter(f"{spec!r}: use SAE:LATENT:scale|add:VALUE[:LAYER] or SAE:LATENT:ablate[:0:LAYER]")
+    sae_id, latent, mode, value, layer = (*parts, *[""] * (5 - len(parts)))
+    try:
+        return steering_edit(sae_id, int(latent), mode, float(value or 0.0), layer)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{spec!r}: {exc}") from None
+
+
+@app.command()
+def generate(
+    model_id: str,
+    prompt: str,
+    max_new_tokens: int = 32,
+    sample: bool = typer.Option(False, help="sample instead of decoding greedily"),
+    temperature: float = 0.0,
+    seed: int = typer.Option(0, help="sampling seed (0: the server draws one when comparing)"),
+    steer: list[str] = typer.Option(
+        None, "--steer", help="SAE:LATENT:MODE[:VALUE[:LAYER]], MODE scale, add or ablate (repeatable)"
+    ),
+    compare: bool = typer.Option(False, help="also print the continuation without steering, from the same seed"),
+    inference: str = InferenceOpt,
+) -> None:
+    """Stream a continuation, optionally steering SAE latents, side by side with the unsteered one."""
+    edits = [_steer(s) for s in steer or []]
+    with _client(inference=inference) as c:
+        if compare:
+            typer.echo("--- steered ---")
+        done = None
+        for done in c.generate(
+            model_id,
+            prompt,
+            steering=edits,
+            compare_unsteered=compare,
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=temperature,
+            seed=seed,
+        ):
+            typer.echo(done.text, nl=False)
+        typer.echo()
+        if compare and done is not None:
+            typer.echo(f"--- unsteered (seed {done.seed}) ---")
+            typer.echo(done.unsteered_text)
+
+
 def _ref(model_id: str, sae_id: str):  # type: ignore[no-untyped-def]
     from mi_crow.v1 import common_pb2
 

@@ -33,7 +33,12 @@ _RETRY = json.dumps(
         ]
     }
 )  # fmt: skip
-_OPTIONS = [("grpc.enable_retries", 1), ("grpc.service_config", _RETRY)]
+# Dashboards (JSON plus a self-contained page) can exceed gRPC's 4 MiB default for one message.
+_OPTIONS = [
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", _RETRY),
+    ("grpc.max_receive_message_length", 64 << 20),
+]
 
 
 def _channel(address: str, tls: grpc.ChannelCredentials | None) -> grpc.Channel:
@@ -69,6 +74,29 @@ def dataset_spec(
     )
 
 
+def steering_edit(
+    sae_id: str, latent: int, mode: str = "scale", value: float = 1.0, layer: str = ""
+) -> inference_pb2.SteeringEdit:
+    """One steering edit: ``mode`` is "scale", "add" or "ablate" (see SteeringMode in inference.proto)."""
+    if mode.lower() not in ("scale", "add", "ablate"):
+        raise ValueError(f"unknown steering mode {mode!r}; use scale, add or ablate")
+    enum = inference_pb2.SteeringMode.Value(f"STEERING_MODE_{mode.upper()}")
+    return inference_pb2.SteeringEdit(sae_id=sae_id, latent=int(latent), mode=enum, value=float(value), layer=layer)
+
+
+def _steering(edits: Sequence[Any]) -> list[inference_pb2.SteeringEdit]:
+    """Edits as messages, dicts of steering_edit's arguments, or tuples (sae_id, latent, mode, value[, layer])."""
+    out = []
+    for edit in edits:
+        if isinstance(edit, inference_pb2.SteeringEdit):
+            out.append(edit)
+        elif isinstance(edit, Mapping):
+            out.append(steering_edit(**edit))
+        else:
+            out.append(steering_edit(*edit))
+    return out
+
+
 class Client:
     """Talks to an artifact service and (optionally) an inference server."""
 
@@ -83,6 +111,7 @@ class Client:
     ) -> None:
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._tls = tls
         self._channels: list[grpc.Channel] = []
         if artifacts:
             ch = _channel(artifacts, tls)
@@ -93,6 +122,47 @@ class Client:
             ch = _channel(inference, tls)
             self._channels.append(ch)
             self.inference = inference_pb2_grpc.InferenceServiceStub(ch)
+
+    @classmethod
+    def discover(cls, artifacts: str, model_id: str, **kwargs: Any) -> Client:
+        """A client whose inference calls go to the best registered server for ``model_id``."""
+        client = cls(artifacts, **kwargs)
+        try:
+            client.use_inference_for(model_id)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def inference_servers(self, model_id: str = "") -> list[artifacts_pb2.InferenceServerInfo]:
+        """Registered inference servers (for ``model_id`` when given), best first."""
+        req = artifacts_pb2.ListInferenceServersRequest(model_id=model_id)
+        return list(self.artifacts.ListInferenceServers(req, **self._kw()).servers)
+
+    def use_inference_for(self, model_id: str) -> str:
+        """Send inference calls to the best registered server for ``model_id`` that answers now; returns it.
+
+        Call it again after a server went away: one that stopped answering is skipped even before its
+        registry entry expires.
+        """
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        servers = [s for s in self.inference_servers(model_id) if s.serving]
+        for server in servers:
+            probe = _channel(server.address, self._tls)  # its retry policy leaves health checks alone
+            try:
+                reply = health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=3)
+            except grpc.RpcError:
+                continue
+            finally:
+                probe.close()
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                ch = _channel(server.address, self._tls)
+                self._channels.append(ch)
+                self.inference = inference_pb2_grpc.InferenceServiceStub(ch)
+                return server.address
+        tried = ", ".join(s.address for s in servers) or "none registered"
+        raise LookupError(f"no inference server for {model_id!r} answers (tried: {tried})")
 
     def close(self) -> None:
         for ch in self._channels:
@@ -141,6 +211,53 @@ class Client:
             req.edits[int(latent)].CopyFrom(common_pb2.LatentEdit(scale=scale, bias=bias))
         return self.inference.InferSae(req, **self._kw(600))
 
+    def evaluate_sae(
+        self, model_id: str, sae_id: str, dataset: common_pb2.DatasetSpec | Sequence[str], **kw: Any
+    ) -> inference_pb2.EvaluateSaeResponse:
+        """Evaluate a stored SAE on held-out texts (``downstream=True`` adds CE recovered and KL); stored with it."""
+        if not isinstance(dataset, common_pb2.DatasetSpec):
+            dataset = dataset_spec(list(dataset))
+        req = inference_pb2.EvaluateSaeRequest(model_id=model_id, sae_id=sae_id, dataset=dataset, **kw)
+        return self.inference.EvaluateSae(req, **self._kw(3600))
+
+    def get_sae(self, model_id: str, sae_id: str) -> common_pb2.SaeInfo:
+        """One SAE's metadata, with its evaluation when it has one."""
+        return self.artifacts.GetSae(common_pb2.SaeRef(model_id=model_id, sae_id=sae_id), **self._kw())
+
+    def generate(
+        self,
+        model_id: str,
+        prompt: str,
+        *,
+        steering: Sequence[Any] = (),
+        compare_unsteered: bool = False,
+        timeout: float | None = None,
+        **generation: Any,
+    ) -> Iterator[inference_pb2.GenerateEvent]:
+        """Stream a continuation (GenerationOptions fields as keywords, e.g. max_new_tokens=32, seed=1).
+
+        ``steering``: see ``steering_edit``. With ``compare_unsteered`` the done event also carries the
+        continuation generated without steering from the same seed.
+        """
+        req = inference_pb2.GenerateRequest(
+            model_id=model_id,
+            prompt=prompt,
+            generation=inference_pb2.GenerationOptions(**generation),
+            steering=_steering(steering),
+            compare_unsteered=compare_unsteered,
+        )
+        yield from self.inference.GenerateStream(req, **self._kw(timeout or 600))
+
+    def generate_compare(
+        self, model_id: str, prompt: str, steering: Sequence[Any], **generation: Any
+    ) -> tuple[str, str, int]:
+        """(steered, unsteered, seed): one prompt continued with and without steering from the same seed."""
+        steered, done = [], inference_pb2.GenerateEvent()
+        for event in self.generate(model_id, prompt, steering=steering, compare_unsteered=True, **generation):
+            steered.append(event.text)
+            done = event
+        return "".join(steered), done.unsteered_text, done.seed
+
     # -- runs, SAEs, concepts ------------------------------------------------------------------------
     def list_runs(self, model_id: str = "") -> list[artifacts_pb2.RunInfo]:
         return list(
@@ -172,6 +289,22 @@ class Client:
             kw["hyperparams_json"] = json.dumps(hyper)
         req = artifacts_pb2.TrainingRequest(model_id=model_id, run_id=run_id, layer=layer, **kw)
         return self.jobs.SubmitTraining(req, **self._kw())
+
+    def submit_dashboard(
+        self, sae_id: str, dataset: common_pb2.DatasetSpec, model_id: str = "", **kw: Any
+    ) -> artifacts_pb2.Job:
+        """Build an SAE's feature dashboard on the workers (top_k=, max_latents=, max_tokens=, ...)."""
+        req = artifacts_pb2.DashboardRequest(sae_id=sae_id, dataset=dataset, model_id=model_id, **kw)
+        return self.jobs.SubmitDashboard(req, **self._kw())
+
+    def dashboard(self, sae_id: str, model_id: str = "") -> dict[str, Any]:
+        """The stored dashboard as a dict (NOT_FOUND until a dashboard job built it)."""
+        return json.loads(self.dashboard_response(sae_id, model_id).dashboard_json)
+
+    def dashboard_response(self, sae_id: str, model_id: str = "") -> artifacts_pb2.DashboardResponse:
+        """The stored dashboard: its JSON and its self-contained HTML page."""
+        ref = common_pb2.SaeRef(model_id=model_id, sae_id=sae_id)
+        return self.artifacts.GetDashboard(ref, **self._kw())
 
     def job(self, job_id: str) -> artifacts_pb2.Job:
         return self.jobs.GetJob(artifacts_pb2.JobRef(job_id=job_id), **self._kw())

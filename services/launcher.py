@@ -14,6 +14,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +117,7 @@ class ServiceProcess:
     proc: subprocess.Popen[str] | None = None
     address: str = ""
     name: str = ""
+    metrics_port: int = 0  # its Prometheus /metrics port, when the launcher gave it one
     _log: IO[str] | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 120.0) -> ServiceProcess:
@@ -167,8 +170,19 @@ class ServiceProcess:
             self.proc.wait()
 
 
+def _together(calls: list[Callable[[], object]]) -> None:
+    """Run the calls in parallel threads; raise the first error once all have finished."""
+    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        for done in [pool.submit(call) for call in calls]:
+            done.result()
+
+
 class LocalCluster:
-    """Redis (private unless ``redis_url`` is given), the artifact service, the inference server, workers."""
+    """Redis (private unless ``redis_url`` is given), the artifact service, inference servers, workers.
+
+    ``inference``: True/False for one or none, or a number of servers; they register in Redis and workers
+    and clients find them there. ``worker_metrics``: give each worker its own /metrics port.
+    """
 
     def __init__(
         self,
@@ -176,17 +190,21 @@ class LocalCluster:
         *,
         redis_url: str | None = None,
         workers: int = 1,
-        inference: bool = True,
+        inference: bool | int = True,
         extra_env: dict[str, str] | None = None,
+        worker_metrics: bool = False,
     ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mi-crow-cluster-"))
         self.redis_url = redis_url
         self.n_workers = workers
-        self.with_inference = inference
+        self.n_inference = int(inference)
+        self.with_inference = self.n_inference > 0
+        self.worker_metrics = worker_metrics
         self.extra_env = dict(extra_env or {})
         self.redis: RedisProcess | None = None
         self.artifacts: ServiceProcess | None = None
-        self.inference: ServiceProcess | None = None
+        self.inference: ServiceProcess | None = None  # the first inference server (workers' fallback)
+        self.inference_servers: list[ServiceProcess] = []
         self.workers: list[ServiceProcess] = []
         self._stack = ExitStack()
 
@@ -211,15 +229,48 @@ class LocalCluster:
         env.update(self.extra_env)
         return env
 
+    def _spawn(self, specs: list[tuple[list[str], str, dict[str, str] | None]]) -> list[ServiceProcess]:
+        """Start ``(args, log name, extra env)`` processes at once and wait until each is ready.
+
+        Each one spends seconds of CPU importing torch; started together they overlap that.
+        """
+        procs = []
+        for args, log_name, env in specs:
+            proc = ServiceProcess(args, {**self.env(), **(env or {})}, self.workdir / "logs" / f"{log_name}.log")
+            proc.metrics_port = int((env or {}).get("MI_CROW_WORKER_METRICS_PORT", 0))
+            procs.append(proc)
+        self._stack.callback(_together, [proc.stop for proc in procs])  # a graceful stop takes seconds too
+        _together([proc.start for proc in procs])
+        return procs
+
     def _service(self, args: list[str], log_name: str) -> ServiceProcess:
-        proc = ServiceProcess(args, self.env(), self.workdir / "logs" / f"{log_name}.log").start()
-        self._stack.callback(proc.stop)
-        return proc
+        return self._spawn([(args, log_name, None)])[0]
+
+    def _worker_spec(self, index: int) -> tuple[list[str], str, dict[str, str] | None]:
+        env = {"MI_CROW_WORKER_METRICS_PORT": str(free_port())} if self.worker_metrics else None
+        return ["worker"], f"worker-{index}", env
+
+    def _inference_spec(self, index: int) -> tuple[list[str], str, dict[str, str] | None]:
+        # logs/inference.log for the first, inference-N.log for the others
+        return ["serve-inference", "--port", "0"], f"inference-{index}" if index else "inference", None
+
+    def _adopt_inference(self, server: ServiceProcess) -> None:
+        self.inference_servers.append(server)
+        if self.inference is None:
+            self.inference = server
+            # Workers stream live activations from a registered server, else from this one (LiveSource jobs).
+            self.extra_env.setdefault("MI_CROW_INFERENCE_ADDRESS", server.address)
 
     def add_worker(self) -> ServiceProcess:
-        worker = self._service(["worker"], f"worker-{len(self.workers)}")
+        worker = self._spawn([self._worker_spec(len(self.workers))])[0]
         self.workers.append(worker)
         return worker
+
+    def add_inference(self) -> ServiceProcess:
+        """One more inference server; it registers in Redis, where workers and clients find it."""
+        server = self._spawn([self._inference_spec(len(self.inference_servers))])[0]
+        self._adopt_inference(server)
+        return server
 
     def start(self) -> LocalCluster:
         try:
@@ -227,21 +278,23 @@ class LocalCluster:
                 self.redis = RedisProcess(self.workdir / "redis").start()
                 self._stack.callback(self.redis.stop)
                 self.redis_url = self.redis.url
-            self.artifacts = self._service(["serve-artifacts", "--port", "0"], "artifacts")
-            if self.with_inference:
-                self.inference = self._service(["serve-inference", "--port", "0"], "inference")
-                # Workers stream live activations from this server (jobs with a LiveSource).
-                self.extra_env["MI_CROW_INFERENCE_ADDRESS"] = self.inference.address
-            for _ in range(self.n_workers):
-                self.add_worker()
+            services = [(["serve-artifacts", "--port", "0"], "artifacts", None)]
+            self.artifacts, *servers = self._spawn(
+                services + [self._inference_spec(i) for i in range(self.n_inference)]
+            )
+            for server in servers:
+                self._adopt_inference(server)
+            # Workers start once the inference address they fall back to is known.
+            self.workers += self._spawn([self._worker_spec(i) for i in range(self.n_workers)])
         except BaseException:
             self.stop()
             raise
         return self
 
-    def restart_artifacts(self) -> ServiceProcess:
+    def restart_artifacts(self, kill: bool = False) -> ServiceProcess:
+        """Replace the artifact service on the same port (SIGKILL first when ``kill``, as after a crash)."""
         assert self.artifacts is not None
-        self.artifacts.stop()
+        self.artifacts.kill() if kill else self.artifacts.stop()
         self.artifacts = self._service(["serve-artifacts", "--port", self.artifacts.address.split(":")[1]], "artifacts")
         return self.artifacts
 
@@ -252,6 +305,7 @@ class LocalCluster:
         old.kill() if kill else old.stop()
         port = old.address.split(":")[1]
         self.inference = self._service(["serve-inference", "--port", port], "inference")
+        self.inference_servers[self.inference_servers.index(old)] = self.inference
         return self.inference
 
     def stop(self) -> None:

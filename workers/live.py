@@ -1,37 +1,103 @@
-"""Activations streamed live from the inference server, as a re-startable source for the trainer."""
+"""Activations streamed live from an inference server, as a re-startable source for the trainer.
+
+The server is found in the registry (the best one for the job's model: serving, model loaded, least
+loaded), else MI_CROW_INFERENCE_ADDRESS. If it goes away mid-stream, the pass continues on the next one,
+skipping the rows already delivered: every server streams the same texts in the same order.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
 import torch
 
 from mi_crow.chunks import chunk_to_tensor
+from mi_crow.services.common.logs import REQUEST_ID
+from mi_crow.services.common.registry import probe_connection, rank_addresses
 from mi_crow.v1 import artifacts_pb2, inference_pb2, inference_pb2_grpc
 
+log = logging.getLogger("mi_crow.workers")
+
 STREAM_TIMEOUT_S = 6 * 3600
+MAX_FAILOVERS = 5  # per pass: a server that keeps failing is a problem to report, not to retry forever
+# A server that is gone (UNAVAILABLE), full (RESOURCE_EXHAUSTED) or shutting down (CANCELLED): try another.
+FAILOVER_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+
+Finder = Callable[[], list[str]]
+
+
+def discovered(model_id: str) -> Finder:
+    """Addresses to try for ``model_id``, best first, asked afresh on every (re)connect."""
+    fallback = os.environ.get("MI_CROW_INFERENCE_ADDRESS", "")
+    url = os.environ.get("MI_CROW_REDIS_URL", "")
+    redis = probe_connection(url) if url else None
+    return lambda: rank_addresses(redis, model_id, fallback)
+
+
+def _stream(
+    address: str, model_id: str, request: inference_pb2.StreamActivationsRequest, skip: int
+) -> Iterator[torch.Tensor]:
+    """One StreamActivations call; the first ``skip`` rows were delivered by an earlier server."""
+    metadata = (("x-request-id", REQUEST_ID.get()),) if REQUEST_ID.get() else ()
+    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 16 << 20)]) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        stub.LoadModel(inference_pb2.LoadModelRequest(model_id=model_id), timeout=600, metadata=metadata)
+        for chunk in stub.StreamActivations(request, timeout=STREAM_TIMEOUT_S, metadata=metadata):
+            rows = chunk_to_tensor(chunk)
+            if skip >= rows.shape[0]:
+                skip -= rows.shape[0]
+                continue
+            yield rows[skip:] if skip else rows
+            skip = 0
 
 
 def live_source(
-    address: str, model_id: str, layer: str, source: artifacts_pb2.LiveSource
+    address: str | Finder, model_id: str, layer: str, source: artifacts_pb2.LiveSource
 ) -> Callable[[], Iterator[torch.Tensor]]:
-    """A factory opening a fresh StreamActivations call per epoch (the trainer calls it once per pass)."""
-    if not address:
-        raise ValueError("this worker has no inference server configured (MI_CROW_INFERENCE_ADDRESS) for live training")
+    """A factory opening a fresh stream per epoch (the trainer calls it once per pass).
+
+    ``address`` is one server, or a finder giving the servers to try, best first.
+    """
+    finder: Finder = address if callable(address) else (lambda: [address] if address else [])
+    if not finder():
+        raise ValueError(
+            "no inference server for live training: none registered for this model and "
+            "MI_CROW_INFERENCE_ADDRESS is not set on this worker"
+        )
+    request = inference_pb2.StreamActivationsRequest(
+        model_id=model_id,
+        layers=[layer],
+        dataset=source.dataset,
+        batch_size=source.batch_size or 16,
+        max_length=source.max_length,
+    )
 
     def chunks() -> Iterator[torch.Tensor]:
-        with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 16 << 20)]) as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            stub.LoadModel(inference_pb2.LoadModelRequest(model_id=model_id), timeout=600)
-            request = inference_pb2.StreamActivationsRequest(
-                model_id=model_id,
-                layers=[layer],
-                dataset=source.dataset,
-                batch_size=source.batch_size or 16,
-                max_length=source.max_length,
-            )
-            for chunk in stub.StreamActivations(request, timeout=STREAM_TIMEOUT_S):
-                yield chunk_to_tensor(chunk)
+        delivered, failures, failed = 0, 0, set()
+        while True:
+            candidates = finder()
+            # Once every server has failed, start over: one may have come back on the same address.
+            address = next((a for a in candidates if a not in failed), candidates[0] if candidates else "")
+            if not address:
+                raise ValueError(f"no inference server left for {model_id!r} (failed: {sorted(failed)})")
+            try:
+                for rows in _stream(address, model_id, request, delivered):
+                    delivered += rows.shape[0]
+                    yield rows
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in FAILOVER_CODES or failures >= MAX_FAILOVERS:
+                    raise
+                failures += 1
+                failed.add(address)
+                log.warning(
+                    "inference server %s failed (%s) after %d rows; moving to another", address, exc.code().name,
+                    delivered,
+                )  # fmt: skip
+                time.sleep(min(0.5 * failures, 3.0))
 
     return chunks

@@ -18,7 +18,9 @@ from mi_crow.mechanistic.sae import SaeTrainer, TrainingCancelled
 from mi_crow.services.artifacts.jobs import HEARTBEAT_S, TERMINAL, JobStore
 from mi_crow.services.common.redis_conn import connect
 from mi_crow.store import LocalStore
-from mi_crow.workers.live import live_source
+from mi_crow.workers.evaluation import evaluate_after_training, split_holdout, wants_evaluation
+from mi_crow.workers.live import discovered, live_source
+from mi_crow.workers.telemetry import observed, vectors_trained
 
 log = logging.getLogger("mi_crow.workers")
 
@@ -64,6 +66,7 @@ class _Heartbeat(threading.Thread):
                     return
 
 
+@observed("training", lambda job_id: _env_jobs().request_id(job_id))
 def run_training_job(job_id: str, attempt: int = 1) -> str:
     jobs = _env_jobs()
     store = _env_store()
@@ -97,6 +100,7 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
             fields["progress"] = min(1.0, step / total)
         jobs.update(job_id, **fields)
         if record.get("phase") == "epoch":
+            vectors_trained("training", record.get("tokens", 0))
             ev = record.get("explained_variance", float("nan"))
             jobs.log(
                 job_id, f"epoch {record.get('epoch')} done: explained variance {ev:.4f}, L0 {record.get('l0', 0):.1f}"
@@ -104,11 +108,13 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
         return True
 
     try:
+        jobs.update(job_id, phase="train")
+        run, held = None, []
         if req.HasField("stream"):
-            address = os.environ.get("MI_CROW_INFERENCE_ADDRESS", "")
-            data = live_source(address, req.model_id, req.layer, req.stream)
+            data = live_source(discovered(req.model_id), req.model_id, req.layer, req.stream)
         else:
-            data = store.open_run(req.model_id, req.run_id)
+            run = store.open_run(req.model_id, req.run_id)
+            data, held = split_holdout(run, req)  # with an evaluation, the last shards stay out of training
         trainer = SaeTrainer(
             None,
             req.layer or None,
@@ -121,6 +127,9 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
             on_step=on_step,
         )
         sae = trainer.train(data, resume=True)
+        if wants_evaluation(req):  # before SUCCEEDED, while the heartbeat still runs
+            stop = lambda: jobs.cancel_requested(job_id) or beat.superseded  # noqa: E731
+            evaluate_after_training(jobs, job_id, req, sae, store, run, held, stop)
     except TrainingCancelled:
         if beat.superseded:
             return "SUPERSEDED"

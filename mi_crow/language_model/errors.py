@@ -9,3 +9,7 @@ class ModelLoadError(RuntimeError):
 
 class UnknownLayerError(ValueError):
     """A layer name that the model does not have; the message lists the closest names."""
+
+
+class HarvestCancelled(RuntimeError):
+    """The caller of a harvest asked it to stop; the run it was writing is marked failed."""

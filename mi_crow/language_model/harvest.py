@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from mi_crow.datasets import as_text_dataset
 from mi_crow.hooks import Detector, StopForward
+from mi_crow.language_model.errors import HarvestCancelled
 from mi_crow.language_model.loading import parse_dtype
 from mi_crow.store import ActivationRun, LocalStore
 
@@ -173,12 +174,15 @@ def save_activations(
     dtype: str | torch.dtype | None = None,
     stop_early: bool = True,
     progress: bool = True,
+    should_continue: Callable[[], bool] | None = None,
 ) -> ActivationRun:
     """Harvest ``layers`` over ``dataset`` and store them as run ``run_id`` (a fresh id by default).
 
     ``dataset`` is anything ``mi_crow.datasets.as_text_dataset`` takes (a list of texts, file paths, an HF
     dataset or a spec dict). ``shard_size`` is in tokens per shard per layer. Returns the complete run;
     on failure the run is marked failed (never listed as complete) and the error propagates.
+    ``should_continue`` is asked before every batch; once it returns False the harvest stops, the run is
+    marked failed and ``HarvestCancelled`` is raised (a server uses it to stop work its caller abandoned).
     """
     if batch_size <= 0 or shard_size <= 0:
         raise ValueError("batch_size and shard_size must be positive")
@@ -226,6 +230,8 @@ def save_activations(
                 stop_early=stop_early,
             )
             for hb in harvest:
+                if should_continue is not None and not should_continue():
+                    raise HarvestCancelled(f"harvest of run {writer.manifest.run_id} cancelled by its caller")
                 for name, acts in hb.activations.items():
                     for full in buffers[name].add(acts, hb.token_ids, hb.positions, hb.sample_index):
                         submit(pool, name, full)

@@ -25,6 +25,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RqJob
 
+from mi_crow.services.common.logs import REQUEST_ID
 from mi_crow.store import new_id
 from mi_crow.v1 import artifacts_pb2
 
@@ -56,21 +57,37 @@ class JobStore:
     # -- submit / read -------------------------------------------------------------------------------
     def submit(self, request: artifacts_pb2.TrainingRequest, func: str) -> tuple[str, bool]:
         """Create and enqueue a job; returns (job id, created). The same idempotency key gives the same job."""
-        key = idempotency_key(request)
-        job_id = f"job-{uuid.uuid4().hex[:16]}"
-        if not self.redis.set(f"{PREFIX}idem:{key}", job_id, nx=True):
-            return self.redis.get(f"{PREFIX}idem:{key}").decode(), False
+        key = idempotency_key(request)  # before the sae id is filled in: the same request, the same key
         req = artifacts_pb2.TrainingRequest()
         req.CopyFrom(request)
-        req.idempotency_key = key
         if not req.sae_id:
             req.sae_id = new_id("sae")  # fixed now, so a retried job resumes into the same directory
+        return self._create(req, key, "", "request", {}, func, "queued")
+
+    def submit_dashboard(self, request: artifacts_pb2.DashboardRequest, func: str) -> tuple[str, bool]:
+        """Create and enqueue a dashboard job (Job.kind "dashboard"); idempotent like ``submit``."""
+        req = artifacts_pb2.DashboardRequest()
+        req.CopyFrom(request)
+        # Its own key space: a training job's key never answers a dashboard request.
+        log = f"dashboard of SAE {req.sae_id} queued"
+        key = idempotency_key(req)
+        return self._create(req, key, "dashboard:", "dashboard_request", {"kind": "dashboard"}, func, log)
+
+    def _create(
+        self, req: Any, key: str, key_space: str, field: str, extra: dict[str, str], func: str, log: str
+    ) -> tuple[str, bool]:
+        """Store ``req`` (serialized into ``field``) as a new job under ``key`` and enqueue it."""
+        job_id = f"job-{uuid.uuid4().hex[:16]}"
+        if not self.redis.set(f"{PREFIX}idem:{key_space}{key}", job_id, nx=True):
+            return self.redis.get(f"{PREFIX}idem:{key_space}{key}").decode(), False
+        req.idempotency_key = key
         now = time.time()
         self.redis.hset(
             self._key(job_id),
             mapping={
                 "state": "QUEUED",
-                "request": req.SerializeToString(),
+                field: req.SerializeToString(),
+                **extra,
                 "sae_id": req.sae_id,
                 "created_at": now,
                 "progress": 0.0,
@@ -78,10 +95,11 @@ class JobStore:
                 "total_steps": 0,
                 "metrics": "{}",
                 "func": func,
+                "request_id": REQUEST_ID.get(),  # the submitting call's, so the worker's logs carry it too
             },
         )
         self.redis.zadd(f"{PREFIX}jobs", {job_id: now})
-        self.log(job_id, f"queued on {self.queue.name}")
+        self.log(job_id, f"{log} on {self.queue.name}")
         self._enqueue(job_id, func, attempt=1)
         return job_id, True
 
@@ -93,6 +111,10 @@ class JobStore:
 
     def attempt(self, job_id: str) -> int:
         return int(self.redis.hget(self._key(job_id), "attempt") or 0)
+
+    def request_id(self, job_id: str) -> str:
+        """The x-request-id of the call that submitted the job ("" when none was recorded)."""
+        return (self.redis.hget(self._key(job_id), "request_id") or b"").decode()
 
     def heartbeat(self, job_id: str, attempt: int) -> bool:
         """Record that ``attempt`` is alive; False if a newer attempt has replaced it (it must stop)."""
@@ -141,7 +163,7 @@ class JobStore:
         request = artifacts_pb2.TrainingRequest()
         request.ParseFromString(h.get("request", b""))
         logs = [line.decode() for line in self.redis.lrange(f"{self._key(job_id)}:logs", 0, -1)]
-        return artifacts_pb2.Job(
+        job = artifacts_pb2.Job(
             job_id=job_id,
             state=artifacts_pb2.JobState.Value(h["state"].decode()),
             progress=float(h.get("progress", 0)),
@@ -156,7 +178,13 @@ class JobStore:
             created_at=float(h.get("created_at", 0)),
             started_at=float(h.get("started_at", 0)),
             finished_at=float(h.get("finished_at", 0)),
+            phase=h.get("phase", b"").decode(),
         )
+        job.kind = h.get("kind", b"training").decode()
+        if job.kind == "dashboard":
+            job.dashboard_request.ParseFromString(h.get("dashboard_request", b""))
+            job.dashboard_path = h.get("dashboard_path", b"").decode()
+        return job
 
     def state(self, job_id: str) -> str:
         value = self.redis.hget(self._key(job_id), "state")

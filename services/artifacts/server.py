@@ -64,7 +64,7 @@ def start_artifact_server(cfg: ServerConfig) -> RunningServer:
         [
             (
                 artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server,
-                ArtifactServicer(cfg),
+                ArtifactServicer(cfg, redis),
                 names["ArtifactService"].full_name,
             ),
             (

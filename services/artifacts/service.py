@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+
+from redis import Redis
 
 from mi_crow.mechanistic.concepts import ConceptConfig, ConceptDictionary
 from mi_crow.mechanistic.sae import SAE_CLASSES, TrainingConfig
+from mi_crow.services.artifacts.dashboards import DASHBOARD_FUNC, checked_request, stored_dashboard
 from mi_crow.services.artifacts.jobs import TERMINAL, JobStore
 from mi_crow.services.common.auth import require_admin
 from mi_crow.services.common.config import ServerConfig
-from mi_crow.services.common.convert import dataset_from_spec, run_info, sae_info
+from mi_crow.services.common.convert import check_evaluation_options, dataset_from_spec, run_info, sae_info
 from mi_crow.services.common.errors import servicer
+from mi_crow.services.common.registry import list_servers
 from mi_crow.store import LocalStore, read_json, validate_name
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2
 
@@ -30,6 +35,13 @@ def _sae_meta(store: LocalStore, ref: common_pb2.SaeRef) -> tuple[dict, Path]:
     return read_json(meta_path), sae_dir
 
 
+def _eval_dir(store: LocalStore, meta: dict) -> Path | None:
+    """Where a listed SAE's eval.json would be (None for metadata that names no model or id)."""
+    if not (meta.get("model_id") and meta.get("sae_id")):
+        return None
+    return store.sae_dir(meta["model_id"], meta["sae_id"])
+
+
 def _config_info(name: str, cfg: ConceptConfig, path: str = "") -> artifacts_pb2.ConceptConfigInfo:
     edits = {i: common_pb2.LatentEdit(scale=cfg.scales.get(i, 1.0), bias=cfg.biases.get(i, 0.0)) for i in cfg.latents()}
     return artifacts_pb2.ConceptConfigInfo(name=name, edits=edits, path=path)
@@ -37,9 +49,10 @@ def _config_info(name: str, cfg: ConceptConfig, path: str = "") -> artifacts_pb2
 
 @servicer
 class ArtifactServicer(artifacts_pb2_grpc.ArtifactServiceServicer):
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, redis: Redis | None = None) -> None:
         self.cfg = cfg
         self.store = LocalStore(cfg.artifact_root)
+        self.redis = redis  # the inference-server registry; None: no registry (ListInferenceServers is empty)
 
     def ListActivationRuns(self, request, context):
         runs = []
@@ -63,18 +76,21 @@ class ArtifactServicer(artifacts_pb2_grpc.ArtifactServiceServicer):
 
     def ListSaes(self, request, context):
         return artifacts_pb2.ListSaesResponse(
-            saes=[sae_info(m) for m in self.store.list_saes(request.model_id or None)]
+            saes=[sae_info(m, _eval_dir(self.store, m)) for m in self.store.list_saes(request.model_id or None)]
         )
 
     def GetSae(self, request, context):
-        meta, _ = _sae_meta(self.store, request)
-        return sae_info(meta)
+        meta, sae_dir = _sae_meta(self.store, request)
+        return sae_info(meta, sae_dir)
 
     def DeleteSae(self, request, context):
         require_admin(context, self.cfg.admin_key, "delete SAEs")
         meta, _ = _sae_meta(self.store, request)
         self.store.delete_sae(meta.get("model_id") or request.model_id, request.sae_id)
         return artifacts_pb2.DeleteResponse(deleted=True)
+
+    def GetDashboard(self, request, context):
+        return stored_dashboard(self.store, request)
 
     def ListSaeClasses(self, request, context):
         return artifacts_pb2.ListSaeClassesResponse(names=sorted(SAE_CLASSES))
@@ -129,6 +145,14 @@ class ArtifactServicer(artifacts_pb2_grpc.ArtifactServiceServicer):
         _, cdir = self._concepts_dir(request)
         return artifacts_pb2.ListConceptConfigsResponse(names=sorted(p.stem for p in (cdir / "configs").glob("*.json")))
 
+    def ListInferenceServers(self, request, context):
+        if self.redis is None:
+            return artifacts_pb2.ListInferenceServersResponse()
+        records = list_servers(self.redis, request.model_id)
+        return artifacts_pb2.ListInferenceServersResponse(
+            servers=[artifacts_pb2.InferenceServerInfo(**asdict(r)) for r in records]
+        )
+
     def GetStoreInfo(self, request, context):
         counts: dict[str, int] = {}
         for manifest in self.store.list_runs():
@@ -176,10 +200,16 @@ class JobServicer(artifacts_pb2_grpc.JobServiceServicer):
             raise ValueError("lr must not be negative")
         if req.sae_id:
             validate_name(req.sae_id, "SAE id")
+        check_evaluation_options(req.evaluation)
 
     def SubmitTraining(self, request, context):
         self._validate(request)
         job_id, _ = self.jobs.submit(request, TRAINING_FUNC)
+        return self.jobs.get(job_id)
+
+    def SubmitDashboard(self, request, context):
+        req = checked_request(request, self.store, self.cfg.dataset_roots)
+        job_id, _ = self.jobs.submit_dashboard(req, DASHBOARD_FUNC)
         return self.jobs.get(job_id)
 
     def GetJob(self, request, context):

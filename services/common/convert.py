@@ -17,11 +17,13 @@ from mi_crow.v1 import artifacts_pb2, common_pb2
 
 __all__ = [
     "CHUNK_BYTES",
+    "check_evaluation_options",
     "chunk_to_tensor",
     "dataset_from_spec",
     "iter_chunks",
     "rows_per_chunk",
     "run_info",
+    "sae_evaluation",
     "sae_info",
     "tensor_to_chunk",
 ]
@@ -73,8 +75,44 @@ def run_info(manifest: RunManifest, root: Path, run_dir: Path) -> artifacts_pb2.
     )
 
 
-def sae_info(meta: dict[str, Any]) -> common_pb2.SaeInfo:
+MAX_EVALUATION_TEXTS = 64  # EvaluationOptions.texts travel in the job record and in one EvaluateSae call
+
+
+def check_evaluation_options(options: artifacts_pb2.EvaluationOptions) -> None:
+    """Refuse at submission what would only fail in a job's evaluate phase."""
+    if options.max_tokens < 0:
+        raise ValueError(f"evaluation.max_tokens must not be negative, got {options.max_tokens}")
+    if not 0 <= options.holdout_fraction < 1:
+        raise ValueError(f"evaluation.holdout_fraction must be in [0, 1), got {options.holdout_fraction}")
+    if len(options.texts) > MAX_EVALUATION_TEXTS:
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{len(options.texts)} evaluation texts; the limit is {MAX_EVALUATION_TEXTS}",
+        )
+
+
+def sae_evaluation(report: dict[str, Any]) -> common_pb2.SaeEvaluation:
+    """An eval.json (``EvalReport.to_dict()``) as a message; undefined numbers (stored as null) become NaN."""
+    known = common_pb2.SaeEvaluation.DESCRIPTOR.fields_by_name
+    values = {k: v for k, v in report.items() if k in known}
+    for key, value in list(values.items()):
+        if value is None:
+            # Downstream numbers of an evaluation without them stay unset; a number that is undefined is NaN.
+            downstream = key.startswith(("ce_", "kl_"))
+            if downstream and not report.get("has_downstream"):
+                del values[key]
+            else:
+                values[key] = float("nan")
+    return common_pb2.SaeEvaluation(**values)
+
+
+def sae_info(meta: dict[str, Any], sae_dir: Path | None = None) -> common_pb2.SaeInfo:
+    """``sae_dir``: where to look for the SAE's eval.json (filled into ``evaluation`` when present)."""
+    evaluation = None
+    if sae_dir is not None and (sae_dir / "eval.json").is_file():
+        evaluation = sae_evaluation(json.loads((sae_dir / "eval.json").read_text(encoding="utf-8")))
     return common_pb2.SaeInfo(
+        evaluation=evaluation,
         sae_id=meta.get("sae_id") or "",
         model_id=meta.get("model_id") or "",
         layer=meta.get("layer") or "",

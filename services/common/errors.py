@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from mi_crow.datasets import DatasetError
-from mi_crow.language_model import ModelLoadError, UnknownLayerError
+from mi_crow.language_model import HarvestCancelled, ModelLoadError, UnknownLayerError
 from mi_crow.mechanistic.concepts import ConceptValidationError
 from mi_crow.store import CorruptShardError, IncompleteRunError, InvalidNameError
 
@@ -29,6 +29,7 @@ class ServiceError(Exception):
 # Order matters: the first matching class wins (subclasses before their bases).
 _MAPPING: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (CorruptShardError, grpc.StatusCode.DATA_LOSS),
+    (HarvestCancelled, grpc.StatusCode.CANCELLED),
     (IncompleteRunError, grpc.StatusCode.FAILED_PRECONDITION),
     (ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidNameError, grpc.StatusCode.INVALID_ARGUMENT),

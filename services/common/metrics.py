@@ -1,6 +1,8 @@
 """Prometheus metrics of every mi-crow process, served on a documented port (MI_CROW_METRICS_PORT).
 
 Ports used by docker-compose and `mi-crow up`: artifacts 9101, inference 9102 (0 or unset: no endpoint).
+Workers serve theirs on MI_CROW_WORKER_METRICS_PORT (compose: 9103 in each worker container; on one host
+each worker needs its own port), metrics defined in mi_crow.workers.telemetry.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ class RunningServer:
         self.health = health_servicer
         self.services = services  # the mi-crow services it hosts (health reports them by name)
         self.watch: HealthWatch | None = None
+        self.on_stop: list[Callable[[], None]] = []  # run first on stop, e.g. leaving a registry
 
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -47,6 +48,8 @@ class RunningServer:
 
     def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let in-flight ones finish for up to ``grace`` seconds."""
+        for hook in self.on_stop:
+            hook()
         if self.watch is not None:
             self.watch.stopped.set()
         self.health.enter_graceful_shutdown()

@@ -99,6 +99,7 @@ def save_run(
     batch_size: int,
     shard_size: int | None,
     max_length: int | None,
+    is_active: Callable[[], bool] | None = None,
 ) -> ActivationRun:
     """A complete run named ``run_id`` is returned as it is; a failed or abandoned one is redone.
 
@@ -120,6 +121,7 @@ def save_run(
         max_length=max_length,
         store=store,
         progress=False,
+        should_continue=is_active,
         **kwargs,
     )
     TOKENS_HARVESTED.inc(run.n_tokens)

@@ -13,14 +13,20 @@ from mi_crow.services.common.server import (
     start_configured,
     volume_writable,
 )
+from mi_crow.services.inference.registration import register, registry_url_from_env
 from mi_crow.services.inference.service import InferenceServicer
 from mi_crow.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("mi_crow.services.inference")
 
 
-def start_inference_server(cfg: ServerConfig, servicer: InferenceServicer | None = None) -> RunningServer:
-    """Start serving ``cfg``; pass ``servicer`` to keep a handle on its pool and counters (tests, embedding)."""
+def start_inference_server(
+    cfg: ServerConfig, servicer: InferenceServicer | None = None, registry_url: str | None = None
+) -> RunningServer:
+    """Start serving ``cfg``; pass ``servicer`` to keep a handle on its pool and counters (tests, embedding).
+
+    With ``registry_url`` (a Redis URL) the server registers itself for discovery while it runs.
+    """
     servicer = servicer or InferenceServicer(cfg)
     gate = servicer.pool.gate
     DEVICE_QUEUE.set_function(lambda: float(gate.waiting))
@@ -30,12 +36,14 @@ def start_inference_server(cfg: ServerConfig, servicer: InferenceServicer | None
     running = start_configured(cfg, [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, name)])
     cfg.artifact_root.mkdir(parents=True, exist_ok=True)
     HealthWatch(running, {"artifact volume": volume_writable(cfg.artifact_root)}).start()
+    if registry_url:
+        register(cfg, servicer, running, registry_url)
     return running
 
 
 def main(cfg: ServerConfig) -> None:
     servicer = InferenceServicer(cfg)
-    running = start_inference_server(cfg, servicer)
+    running = start_inference_server(cfg, servicer, registry_url_from_env())
     aliases = ", ".join(sorted(servicer.pool.aliases)) or "none"
     log.warning("inference service on %s:%d, store %s, aliases: %s", cfg.host, running.port, cfg.artifact_root, aliases)
     serve_metrics(host=cfg.host)

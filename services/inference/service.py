@@ -13,15 +13,18 @@ import torch
 
 from mi_crow.hooks import HOOK_KINDS, Detector
 from mi_crow.language_model import LanguageModel
+from mi_crow.mechanistic.steering import Steering
 from mi_crow.services.common.config import ServerConfig
 from mi_crow.services.common.convert import dataset_from_spec, tensor_to_chunk
 from mi_crow.services.common.errors import servicer
 from mi_crow.services.inference import limits
 from mi_crow.services.inference.activations import save_response, save_run, stream_chunks
+from mi_crow.services.inference.evaluation import evaluate
 from mi_crow.services.inference.generation import TextDelta, prompt_ids, sampling, stream_tokens
 from mi_crow.services.inference.hooks import build_hooks, hook_results
 from mi_crow.services.inference.models import ModelPool
 from mi_crow.services.inference.sae import DEFAULT_TOP_K, info, run_prompt, save_top_texts, steering
+from mi_crow.services.inference.steering import build_steering, comparable
 from mi_crow.services.inference.streams import StreamLimiter
 from mi_crow.store import LocalStore
 from mi_crow.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -55,24 +58,32 @@ def _model_info(model_id: str, source: str, lm: LanguageModel | None) -> inferen
     )
 
 
-def _infer_one(lm: LanguageModel, item: inference_pb2.InferInput) -> inference_pb2.InferOutput:
-    """Hooks see the prompt's forward pass; controllers also act on every generation step."""
+def _infer_one(lm: LanguageModel, item: inference_pb2.InferInput, steer: Steering) -> inference_pb2.InferOutput:
+    """Hooks see the prompt's forward pass; controllers and steering also act on every generation step."""
     start = time.perf_counter()
-    options = sampling(item.generation)
+    options = comparable(sampling(item.generation), item.compare_unsteered)
     ids = prompt_ids(lm, item.prompt, options.max_new_tokens)
     hooks = build_hooks(lm, item.hooks)
     returns = item.returns
     out = inference_pb2.InferOutput()
     with lm.hooks.attached(*hooks):
-        forward = lm.forwards([item.prompt])
-        last = int(forward.attention_mask[0].sum()) - 1
-        logits = forward.logits[0, last].float()
-        new_ids: list[int] = []
-        if options.max_new_tokens > 0:
-            # Detectors keep what they saw on the prompt; during decoding they would see one token at a time.
-            with lm.hooks.switched_off(Detector):
-                gen = lm.generate([item.prompt], **options.lm_kwargs())
-            out.text, new_ids = gen.texts[0], gen.new_tokens[0]
+        with steer.applied(lm):
+            forward = lm.forwards([item.prompt])
+            last = int(forward.attention_mask[0].sum()) - 1
+            logits = forward.logits[0, last].float()
+            new_ids: list[int] = []
+            if options.max_new_tokens > 0:
+                # Detectors keep what they saw on the prompt; during decoding they would see one token at a time.
+                with lm.hooks.switched_off(Detector):
+                    gen = lm.generate([item.prompt], **options.lm_kwargs())
+                out.text, new_ids = gen.texts[0], gen.new_tokens[0]
+        if item.compare_unsteered:
+            out.seed = options.seed or 0
+            if options.max_new_tokens > 0:
+                with lm.hooks.switched_off(Detector):
+                    plain = lm.generate([item.prompt], **options.lm_kwargs())
+                out.unsteered_text = plain.texts[0]
+                out.unsteered_token_ids.extend(plain.new_tokens[0])
     if returns.logits:
         out.logits.CopyFrom(tensor_to_chunk(logits, last=True))
     if returns.top_probabilities < 0:
@@ -147,7 +158,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         lm = self.pool.get(request.model_id)
         # Both inputs of compare mode run back to back on the device, so nothing changes in between.
         with self.pool.gate.hold(context.is_active):
-            outputs = [_infer_one(lm, item) for item in request.inputs]
+            outputs = [
+                _infer_one(lm, item, build_steering(self.pool, request.model_id, item.steering))
+                for item in request.inputs
+            ]
         response = inference_pb2.InferResponse(outputs=outputs)
         limits.check_response_bytes(
             response.ByteSize(), "the response", "ask for fewer activations, or stream them with StreamActivations"
@@ -156,18 +170,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def GenerateStream(self, request, context) -> Iterator[inference_pb2.GenerateEvent]:
         lm = self.pool.get(request.model_id)
-        options = sampling(request.generation)
+        options = comparable(sampling(request.generation), request.compare_unsteered)
         decoder = TextDelta(lm)
+        done = inference_pb2.GenerateEvent(done=True)
         # The device stays held between tokens: the KV cache of this generation lives on it. The tokenizer is
         # used only under the gate too: a fast tokenizer shared by threads fails with "Already borrowed".
+        # Holding it also keeps other requests off the model while the steering hooks are on it.
         with self.streams.open(context), self.pool.gate.hold(context.is_active):
             prompt_ids(lm, request.prompt, options.max_new_tokens)
+            steer = build_steering(self.pool, request.model_id, request.steering)
             if options.max_new_tokens > 0:
-                for token in stream_tokens(lm, request.prompt, options, context.is_active):
-                    self.stats.add("generated_tokens")
-                    yield inference_pb2.GenerateEvent(token_id=token, text=decoder.push(token))
-            rest = decoder.flush()
-        yield inference_pb2.GenerateEvent(text=rest, done=True)
+                with steer.applied(lm):
+                    for token in stream_tokens(lm, request.prompt, options, context.is_active):
+                        self.stats.add("generated_tokens")
+                        yield inference_pb2.GenerateEvent(token_id=token, text=decoder.push(token))
+            done.text = decoder.flush()
+            if request.compare_unsteered:
+                done.seed = options.seed or 0
+                if options.max_new_tokens > 0:
+                    plain = list(stream_tokens(lm, request.prompt, options, context.is_active))
+                    done.unsteered_token_ids.extend(plain)
+                    done.unsteered_text = lm.tokenizer.decode(plain, skip_special_tokens=True)
+        yield done
 
     def StreamActivations(self, request, context) -> Iterator[common_pb2.TensorChunk]:
         lm = self.pool.get(request.model_id)
@@ -211,6 +235,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 batch_size=batch_size,
                 shard_size=request.shard_size or None,
                 max_length=request.max_length or None,
+                is_active=context.is_active,  # a cancelled or expired call stops the forward passes
             )
         return save_response(run, self.store)
 
@@ -245,4 +270,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 response.top_texts_path = save_top_texts(concepts, request.prompts, self.store.root)
         response.sae.CopyFrom(info(concepts))
         limits.check_response_bytes(response.ByteSize(), "the response", "send fewer prompts per request")
+        return response
+
+    def EvaluateSae(self, request, context):
+        texts = dataset_from_spec(request.dataset, self.dataset_roots)
+        response = evaluate(self.pool, request, texts, context.is_active)
+        self.stats.add("evaluations")
         return response

@@ -54,6 +54,35 @@ def test_compose_shape_redis_aof_gpu_scalable_workers_shared_volume():
         assert services[name]["environment"]["MI_CROW_REDIS_URL"].startswith("redis://redis:")
 
 
+def test_compose_scales_out_inference_servers_and_workers():
+    compose = _compose()
+    services = compose["services"]
+    assert not any("container_name" in svc for svc in services.values())  # every service can be scaled
+    # Two GPU inference servers, each advertising the address the others dial, registering in one Redis.
+    advertised = {}
+    for name in ("inference", "inference-b"):
+        svc = services[name]
+        env = svc["environment"]
+        host, port = env["MI_CROW_ADVERTISE_ADDRESS"].split(":")
+        assert host == name and port == svc["command"][svc["command"].index("--port") + 1], name
+        assert env["MI_CROW_REDIS_URL"] == services["worker"]["environment"]["MI_CROW_REDIS_URL"]
+        gpu = svc["deploy"]["resources"]["reservations"]["devices"][0]
+        assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia", name
+        advertised[name] = env["MI_CROW_ADVERTISE_ADDRESS"]
+        host_ports = [str(p).split(":")[0] for p in svc.get("ports", [])]
+        assert len(host_ports) == len(set(host_ports)), name
+    assert len(set(advertised.values())) == 2
+    assert services["inference-b"]["profiles"] == ["scale-out"]  # opt-in: one GPU is enough by default
+    published = [str(p).split(":")[0] for svc in services.values() for p in svc.get("ports", [])]
+    assert len(published) == len(set(published))  # no two services claim one host port
+    # Workers: scalable (no fixed name or host port), metrics inside each replica on a documented port.
+    worker = services["worker"]
+    assert "ports" not in worker and "container_name" not in worker
+    assert worker["environment"]["MI_CROW_WORKER_METRICS_PORT"] == "9103"
+    assert worker["environment"]["MI_CROW_HOST"] == "0.0.0.0"
+    assert "--scale worker=" in (ROOT / "docker-compose.yml").read_text()
+
+
 def test_dockerfile_installs_the_project_with_its_generated_stubs():
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     for needed in ("COPY protos", "COPY services", "COPY workers", 'pip install ".[server]"', 'ENTRYPOINT ["mi-crow"]'):

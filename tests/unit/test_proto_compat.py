@@ -6,20 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc_tools
 from google.protobuf import descriptor_pb2
-from grpc_tools import protoc
 
-ROOT = Path(__file__).resolve().parents[2]
-SNAPSHOT = ROOT / "protos" / "snapshots" / "mi_crow.v1.binpb"
+from mi_crow.protogen.snapshot import SNAPSHOT, descriptor_set
 
 
 def _descriptor_set(tmp_path: Path) -> descriptor_pb2.FileDescriptorSet:
-    out = tmp_path / "current.binpb"
-    protos = sorted(str(p.relative_to(ROOT / "protos")) for p in (ROOT / "protos" / "mi_crow" / "v1").glob("*.proto"))
-    include = Path(grpc_tools.__file__).parent / "_proto"
-    args = ["protoc", f"-I{ROOT / 'protos'}", f"-I{include}", "--include_imports", f"--descriptor_set_out={out}"]
-    assert protoc.main([*args, *protos]) == 0
+    out = descriptor_set(tmp_path / "current.binpb")
     return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
 
 
