@@ -213,11 +213,13 @@ def worker(
 
 @app.command()
 def health(address: str = typer.Argument(..., help="host:port of any mi-crow server")) -> None:
-    """Exit 0 if the server reports SERVING (used by container healthchecks)."""
+    """Exit 0 if the server reports SERVING (used by container healthchecks; TLS when MI_CROW_TLS_CA is set)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    from mi_crow.services.common.outbound import open_channel
+
+    with open_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
         except grpc.RpcError as exc:

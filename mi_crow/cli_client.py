@@ -24,7 +24,9 @@ def _client(artifacts: str | None = None, inference: str | None = None, api_key:
 
     if not artifacts and not inference:
         raise typer.BadParameter("give --artifacts and/or --inference (or set MI_CROW_*_ADDRESS)")
-    return Client(artifacts, inference, api_key=api_key)
+    from mi_crow.services.common.outbound import channel_credentials
+
+    return Client(artifacts, inference, api_key=api_key, tls=channel_credentials())  # MI_CROW_TLS_CA etc.
 
 
 def _print(message: Message | list[Message]) -> None:

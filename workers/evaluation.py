@@ -17,9 +17,11 @@ import grpc
 from mi_crow.mechanistic.evaluation import DEFAULT_MAX_TOKENS, EvalReport, reconstruction_from_activations
 from mi_crow.mechanistic.sae import Sae, TrainingCancelled
 from mi_crow.services.artifacts.jobs import JobStore
+from mi_crow.services.common.outbound import call_metadata, open_channel
 from mi_crow.store import ActivationRun, LocalStore
 from mi_crow.store.activation_run import ACTIVATIONS
 from mi_crow.v1 import artifacts_pb2, common_pb2, inference_pb2, inference_pb2_grpc
+from mi_crow.workers.live import ensure_loaded
 
 DEFAULT_HOLDOUT_FRACTION = 0.1
 EVAL_TIMEOUT_S = 3600
@@ -60,9 +62,10 @@ def _heldout_report(sae: Sae, run: ActivationRun, layer: str, held: list[int], m
 
 
 def _downstream(address: str, req: artifacts_pb2.TrainingRequest, sae_id: str, max_tokens: int) -> Any:
-    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 16 << 20)]) as channel:
+    metadata = call_metadata()
+    with open_channel(address, [("grpc.max_receive_message_length", 16 << 20)]) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        stub.LoadModel(inference_pb2.LoadModelRequest(model_id=req.model_id), timeout=600)
+        ensure_loaded(stub, req.model_id, metadata)
         request = inference_pb2.EvaluateSaeRequest(
             model_id=req.model_id,
             sae_id=sae_id,
@@ -70,7 +73,7 @@ def _downstream(address: str, req: artifacts_pb2.TrainingRequest, sae_id: str, m
             max_tokens=max_tokens,
             downstream=True,
         )
-        return stub.EvaluateSae(request, timeout=EVAL_TIMEOUT_S).evaluation
+        return stub.EvaluateSae(request, timeout=EVAL_TIMEOUT_S, metadata=metadata).evaluation
 
 
 def evaluate_after_training(

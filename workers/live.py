@@ -16,7 +16,7 @@ import grpc
 import torch
 
 from mi_crow.chunks import chunk_to_tensor
-from mi_crow.services.common.logs import REQUEST_ID
+from mi_crow.services.common.outbound import call_metadata, open_channel
 from mi_crow.services.common.registry import probe_connection, rank_addresses
 from mi_crow.v1 import artifacts_pb2, inference_pb2, inference_pb2_grpc
 
@@ -28,6 +28,7 @@ MAX_FAILOVERS = 5  # per pass: a server that keeps failing is a problem to repor
 FAILOVER_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 
 Finder = Callable[[], list[str]]
+Metadata = tuple[tuple[str, str], ...]
 
 
 def discovered(model_id: str) -> Finder:
@@ -38,14 +39,28 @@ def discovered(model_id: str) -> Finder:
     return lambda: rank_addresses(redis, model_id, fallback)
 
 
+def ensure_loaded(stub: inference_pb2_grpc.InferenceServiceStub, model_id: str, metadata: Metadata) -> None:
+    """Ask the server to load the model (a no-op when loaded).
+
+    LoadModel needs admin scope; a worker holding a lesser key can still use a model an operator loaded,
+    so a refusal here is left for the real call to report if the model is in fact missing.
+    """
+    try:
+        stub.LoadModel(inference_pb2.LoadModelRequest(model_id=model_id), timeout=600, metadata=metadata)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+            raise
+        log.info("this worker's key may not load models; using %r as the server has it", model_id)
+
+
 def _stream(
     address: str, model_id: str, request: inference_pb2.StreamActivationsRequest, skip: int
 ) -> Iterator[torch.Tensor]:
     """One StreamActivations call; the first ``skip`` rows were delivered by an earlier server."""
-    metadata = (("x-request-id", REQUEST_ID.get()),) if REQUEST_ID.get() else ()
-    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 16 << 20)]) as channel:
+    metadata = call_metadata()
+    with open_channel(address, [("grpc.max_receive_message_length", 16 << 20)]) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        stub.LoadModel(inference_pb2.LoadModelRequest(model_id=model_id), timeout=600, metadata=metadata)
+        ensure_loaded(stub, model_id, metadata)
         for chunk in stub.StreamActivations(request, timeout=STREAM_TIMEOUT_S, metadata=metadata):
             rows = chunk_to_tensor(chunk)
             if skip >= rows.shape[0]:
