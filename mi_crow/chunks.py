@@ -58,15 +58,16 @@ def chunk_to_tensor(chunk: common_pb2.TensorChunk, *, verify: bool = True) -> to
         raise ValueError(f"unknown dtype {chunk.dtype} in tensor chunk {chunk.sequence}")
     if not chunk.little_endian:
         raise ValueError("big-endian tensor chunks are not supported")
-    if verify and chunk.xxh3_64 and xxhash.xxh3_64_hexdigest(chunk.data) != chunk.xxh3_64:
+    data = chunk.data  # each read of a bytes field copies it out of the message: read it once
+    if verify and chunk.xxh3_64 and xxhash.xxh3_64_hexdigest(data) != chunk.xxh3_64:
         raise ValueError(f"tensor chunk {chunk.sequence} of layer {chunk.layer!r} failed its checksum")
     dtype = _TORCH[chunk.dtype]
-    if not chunk.data:
+    if not data:
         return torch.empty(tuple(chunk.shape), dtype=dtype)
     with warnings.catch_warnings():
         # The bytes are immutable and the view is only read; torch warns about non-writable buffers anyway.
         warnings.simplefilter("ignore", UserWarning)
-        flat = torch.frombuffer(bytearray(chunk.data) if dtype == torch.bfloat16 else chunk.data, dtype=dtype)
+        flat = torch.frombuffer(bytearray(data) if dtype == torch.bfloat16 else data, dtype=dtype)
     return flat.reshape(tuple(chunk.shape))
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import torch
 
+from mi_crow.allocator import tune_for_large_buffers
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2, inference_pb2, inference_pb2_grpc
 
 _RETRY = json.dumps(
@@ -109,6 +110,7 @@ class Client:
         timeout: float = 60.0,
         tls: grpc.ChannelCredentials | None = None,
     ) -> None:
+        tune_for_large_buffers()  # activation streams arrive as 1 MiB messages
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._tls = tls

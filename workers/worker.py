@@ -8,6 +8,7 @@ import os
 from redis.exceptions import RedisError
 from rq import Worker
 
+from mi_crow.allocator import tune_for_large_buffers
 from mi_crow.services.common.config import ServerConfig
 from mi_crow.services.common.logs import configure as configure_logs
 from mi_crow.services.common.metrics import serve_metrics
@@ -36,6 +37,7 @@ def serve_worker_metrics(worker: Worker, host: str) -> int | None:
 
 def run_worker(cfg: ServerConfig, *, burst: bool = False, name: str | None = None) -> None:
     # The job function reads these in the work horse; CUDA is only touched inside a job (forked horses).
+    tune_for_large_buffers()  # inherited by every forked work horse
     os.environ["MI_CROW_STORE"] = str(cfg.artifact_root)
     os.environ["MI_CROW_REDIS_URL"] = cfg.redis_url
     os.environ["MI_CROW_QUEUE"] = cfg.queue_name

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
+from mi_crow.allocator import tune_for_large_buffers
 from mi_crow.hooks import Controller, HookManager
 from mi_crow.language_model.aliases import resolve_alias
 from mi_crow.language_model.layers import LayerInfo, LayerRegistry
@@ -57,6 +58,7 @@ class LanguageModel:
         aliases: Mapping[str, str] | None = None,
         max_length: int | None = None,
     ) -> None:
+        tune_for_large_buffers()  # harvest batches and shards are multi-MiB buffers, allocated per batch
         if model is None:
             if not model_id:
                 raise ValueError("give a model_id (hub id, local directory or alias) or a loaded model")

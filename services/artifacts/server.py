@@ -9,6 +9,7 @@ import threading
 from redis import Redis
 from redis.exceptions import RedisError
 
+from mi_crow.allocator import tune_for_large_buffers
 from mi_crow.services.artifacts.jobs import STALE_S, JobStore
 from mi_crow.services.artifacts.service import ArtifactServicer, JobServicer
 from mi_crow.services.common.config import ServerConfig
@@ -81,6 +82,7 @@ def start_artifact_server(cfg: ServerConfig) -> RunningServer:
 
 
 def main(cfg: ServerConfig) -> None:
+    tune_for_large_buffers()
     running = start_artifact_server(cfg)
     mode = "API key required for deletes" if cfg.admin_key else "open mode (no API key configured)"
     log.warning("artifact service on %s:%d, store %s, %s", cfg.host, running.port, cfg.artifact_root, mode)

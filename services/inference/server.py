@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from mi_crow.allocator import tune_for_large_buffers
 from mi_crow.services.common.config import ServerConfig
 from mi_crow.services.common.metrics import DEVICE_BUSY, DEVICE_QUEUE, gpu_memory_gauge, serve_metrics
 from mi_crow.services.common.server import (
@@ -42,6 +43,7 @@ def start_inference_server(
 
 
 def main(cfg: ServerConfig) -> None:
+    tune_for_large_buffers()
     servicer = InferenceServicer(cfg)
     running = start_inference_server(cfg, servicer, registry_url_from_env())
     aliases = ", ".join(sorted(servicer.pool.aliases)) or "none"

@@ -48,8 +48,9 @@ def test_library_quickstart(workdir: Path):
     assert number_after("explained variance", out) > 0.5
     named = re.search(r"latent \d+ named '(\w+)' \(AUROC (\d\.\d+)\); top text: ", out)
     assert named and float(named.group(2)) > 0.5  # better than chance at finding its planted concept
-    steered = re.findall(r"^steered: '(.*?)' -> '(.*)'$", out, re.M)
-    assert len(steered) == 6 and any(text.strip() for _, text in steered)
+    # repr() quotes with " when the text holds a ', so accept either quote.
+    steered = re.findall(r"^steered: (['\"])(.*?)\1 -> (['\"])(.*)\3$", out, re.M)
+    assert len(steered) == 6 and any(text.strip() for *_, text in steered)
     assert f"{named.group(1)} words in the continuations: plain" in out
 
 

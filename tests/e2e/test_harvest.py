@@ -29,17 +29,34 @@ def test_harvest_stores_exactly_the_real_tokens(lm: LanguageModel, texts: list[s
     for ref, layer in zip(refs, ["transformer_h_0", "transformer_h_1"], strict=True):
         shards = [run.read_shard(layer, j) for j in range(len(run.layer(layer).shards))]
         assert all(s["activations"].shape[0] == 37 for s in shards[:-1])  # exact shard size
-        stored = torch.cat([s["activations"] for s in shards])
-        expected = ref.activations[mask]
-        assert torch.allclose(stored, expected, atol=1e-5)
-        assert torch.equal(torch.cat([s["token_ids"] for s in shards]).long(), out.input_ids[mask])
-        positions = torch.cat([s["positions"] for s in shards])
-        assert positions.max() < mask.sum(1).max() and positions[0] == 0
         samples = torch.cat([s["sample_index"] for s in shards])
+        positions = torch.cat([s["positions"] for s in shards])
         assert samples.unique().numel() == len(texts)
+        # Texts are regrouped by length, so rows come in batch order: put them back in dataset order.
+        order = torch.argsort(samples * 10_000 + positions)
+        stored = torch.cat([s["activations"] for s in shards])[order]
+        assert torch.allclose(stored, ref.activations[mask], atol=1e-5)
+        assert torch.equal(torch.cat([s["token_ids"] for s in shards]).long()[order], out.input_ids[mask])
+        assert torch.equal(positions[order], torch.arange(mask.shape[1]).expand_as(mask)[mask])
     manifest = json.loads(run.manifest_path.read_text())
     assert manifest["layers"]["transformer_h_0"]["shards"][0]["sha256"]
     assert manifest["n_tokens"] == n_real
+
+
+def test_harvest_groups_texts_by_length_and_keeps_their_dataset_index(lm: LanguageModel):
+    from mi_crow.language_model.harvest import iter_harvest
+
+    short, long = "the cat sat", "a red dog runs very fast across the park and then far away again today"
+    texts = [short, long, short + " down", long + " now"]
+    pairs = [texts[i : i + 2] for i in range(0, 4, 2)]
+    plain = list(iter_harvest(lm, pairs, ["transformer_h_0"]))
+    grouped = list(iter_harvest(lm, pairs, ["transformer_h_0"], sort_by_length=True))
+    assert [b.sample_index.unique().tolist() for b in plain] == [[0, 1], [2, 3]]
+    assert [b.sample_index.unique().tolist() for b in grouped] == [[0, 2], [1, 3]]  # short with short
+    for sample in range(4):
+        a = torch.cat([b.activations["transformer_h_0"][b.sample_index == sample] for b in plain])
+        g = torch.cat([b.activations["transformer_h_0"][b.sample_index == sample] for b in grouped])
+        assert a.shape[0] > 0 and torch.allclose(a, g, atol=1e-5)
 
 
 def test_harvest_stops_before_the_lm_head(lm: LanguageModel, texts: list[str]):

@@ -215,7 +215,8 @@ class MultiSaeTrainer:
                 self.trainers[i].log_step(fits[i], epoch, metrics)
 
         layers = list(dict.fromkeys(self.trainers[i].layer for i in active))
-        for hb in iter_harvest(self.lm, text_batches, layers, max_length=max_length):
+        # Length-grouped batches compute less padding; the shuffle window mixes texts anyway.
+        for hb in iter_harvest(self.lm, text_batches, layers, max_length=max_length, sort_by_length=True):
             for i in active:
                 train_on(i, windows[i].add(hb.activations[self.trainers[i].layer]))
         for i in active:
