@@ -50,6 +50,11 @@ def browser() -> Iterator[object]:
         b.close()
 
 
+def heading_becomes(page, text: str) -> None:  # type: ignore[no-untyped-def]
+    # A click re-renders on the page's hashchange event, which fires after the click returns: wait for it.
+    sync_api.expect(page.locator("#panel h2")).to_have_text(text, timeout=5_000)
+
+
 def _open(browser, path: Path, ready: str = "#panel h2"):  # type: ignore[no-untyped-def]
     """A page on file://path, with every console error and uncaught exception collected."""
     page = browser.new_page()
@@ -86,9 +91,9 @@ def test_page_shows_the_densest_latent_without_errors(browser, built):
     densest = max(dashboard.latents.values(), key=lambda c: (c.n_fired, -c.latent))
     other = next(c for c in dashboard.latents.values() if c.latent != densest.latent)
     page.click(f'#latent-list a[data-latent="{other.latent}"]')  # away first, so the next click must re-render
-    assert page.text_content("#panel h2") == f"Latent {other.latent}"
+    heading_becomes(page, f"Latent {other.latent}")
     page.click(f'#latent-list a[data-latent="{densest.latent}"]')
-    assert page.text_content("#panel h2") == f"Latent {densest.latent}"
+    heading_becomes(page, f"Latent {densest.latent}")
     shown = page.locator("#panel .top-examples .example .tokens").first.text_content()
     assert shown == densest.top_examples[0].text()
     assert page.locator("#panel .top-examples .example").count() == len(densest.top_examples)
@@ -106,7 +111,7 @@ def test_page_shows_the_densest_latent_without_errors(browser, built):
     target = next((n for n, _ in densest.neighbours if n in dashboard.latents), None)
     if target is not None:
         page.click(f'#panel .neighbours a[href="#latent-{target}"]')
-        assert page.text_content("#panel h2") == f"Latent {target}"
+        heading_becomes(page, f"Latent {target}")
     assert errors == []
     page.close()
 
