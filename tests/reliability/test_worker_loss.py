@@ -90,6 +90,28 @@ def test_killed_worker_job_resumes_elsewhere_and_publishes_once(cluster: LocalCl
     assert not (store.sae_dir(model.model_id, final.sae_id) / "checkpoints" / "last.pt").exists()
 
 
+def test_a_job_lost_after_publishing_is_not_trained_again(cluster: LocalCluster, gpt2_dir: Path):
+    model = LanguageModel(str(gpt2_dir), store=cluster.store)
+    model.save_activations(TEXTS[:60], ["transformer_h_0"], progress=False, run_id="published")
+    assert cluster.artifacts is not None
+    with grpc.insecure_channel(cluster.artifacts.address) as channel:
+        jobs = artifacts_pb2_grpc.JobServiceStub(channel)
+        request = _request(model, "published-once")
+        request.run_id, request.epochs = "published", 2
+        done = _wait(jobs, jobs.SubmitTraining(request).job_id)
+        assert done.state == artifacts_pb2.SUCCEEDED, done.error
+        sae_dir = LocalStore(cluster.store).sae_dir(model.model_id, done.sae_id)
+        published = {p.name: p.read_bytes() for p in sae_dir.iterdir() if p.is_file()}
+        # As if the worker died after publishing but before SUCCEEDED: RUNNING, heartbeat long gone.
+        store = JobStore(Redis.from_url(cluster.redis_url), "mi_crow-training")
+        store.update(done.job_id, state="RUNNING", heartbeat_at=time.time() - 100, started_at=time.time() - 100)
+        again = _wait(jobs, done.job_id)
+    assert again.state == artifacts_pb2.SUCCEEDED, again.error
+    logs = "\n".join(again.logs)
+    assert "re-queued as attempt 2" in logs and "already published; not training it again" in logs
+    assert {p.name: p.read_bytes() for p in sae_dir.iterdir() if p.is_file()} == published  # not rewritten
+
+
 def test_a_job_that_keeps_losing_workers_ends_failed_with_the_reason(redis_server: str):
     redis = Redis.from_url(redis_server)
     jobs = JobStore(redis, "faults-test-queue")
