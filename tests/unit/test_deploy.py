@@ -87,3 +87,14 @@ def test_dockerfile_installs_the_project_with_its_generated_stubs():
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     for needed in ("COPY protos", "COPY services", "COPY workers", 'pip install ".[server]"', 'ENTRYPOINT ["mi-crow"]'):
         assert needed in text
+
+
+def test_compose_passes_the_security_settings_to_every_mi_crow_container():
+    security = ["MI_CROW_API_KEYS", "MI_CROW_API_KEY", "MI_CROW_TLS_CERT", "MI_CROW_TLS_KEY", "MI_CROW_TLS_CLIENT_CA",
+                "MI_CROW_TLS_CA", "MI_CROW_TLS_CLIENT_CERT", "MI_CROW_TLS_CLIENT_KEY"]  # fmt: skip
+    ours = {name: svc for name, svc in _compose()["services"].items() if svc.get("image") == "mi-crow:latest"}
+    assert {"artifacts", "inference", "inference-b", "worker"} <= set(ours)
+    for name, svc in ours.items():
+        env = svc["environment"]
+        # Taken from the shell, empty (= off) when unset there: no secret is ever written into the file.
+        assert all(env.get(var) == f"${{{var}:-}}" for var in security), name
