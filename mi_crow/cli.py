@@ -23,7 +23,9 @@ _register_client()
 
 @app.command()
 def demo(
-    workdir: Path = typer.Option(Path(".mi_crow"), help="where the demo model and artifacts live"),
+    workdir: Path | None = typer.Option(
+        None, help="where the demo model and artifacts live (env MI_CROW_HOME, else .mi_crow)"
+    ),
     quick: bool = typer.Option(False, help="smaller corpus and SAE, for a fast smoke run"),
     local: bool = typer.Option(False, help="run in this process with the library only, no cluster"),
     workers: int = typer.Option(2, help="RQ workers in the local cluster"),
@@ -33,7 +35,7 @@ def demo(
     from mi_crow.demo.pipeline import DemoConfig, run_demo
     from mi_crow.demo.tiny_model import TinyModelConfig
 
-    cfg = DemoConfig(workdir=workdir)
+    cfg = DemoConfig() if workdir is None else DemoConfig(workdir=workdir)
     if quick:
         cfg.n_train_texts, cfg.n_eval_texts, cfg.epochs, cfg.layer = 600, 150, 4, "transformer_h_1"
         cfg.model = TinyModelConfig(steps=150, n_samples=800, n_layer=2, n_embd=64)

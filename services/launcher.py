@@ -47,7 +47,7 @@ class RedisProcess:
     """A private redis-server with an append-only file, so a restart keeps every job and index."""
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # redis-server chdirs into --dir before opening --logfile
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -194,7 +194,8 @@ class LocalCluster:
         extra_env: dict[str, str] | None = None,
         worker_metrics: bool = False,
     ) -> None:
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mi-crow-cluster-"))
+        # Absolute: every child process (and redis-server, which changes directory) must see the same paths.
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mi-crow-cluster-")).resolve()
         self.redis_url = redis_url
         self.n_workers = workers
         self.n_inference = int(inference)
