@@ -14,8 +14,7 @@ import threading
 import time
 from typing import Any
 
-from mi_crow.mechanistic.sae import Sae, SaeTrainer, TrainingCancelled
-from mi_crow.mechanistic.sae.trainer import CHECKPOINT
+from mi_crow.mechanistic.sae import SaeTrainer, TrainingCancelled
 from mi_crow.services.artifacts.jobs import HEARTBEAT_S, TERMINAL, JobStore
 from mi_crow.services.common.redis_conn import connect
 from mi_crow.store import LocalStore
@@ -90,6 +89,9 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
     def on_step(record: dict[str, Any]) -> bool:
         if jobs.cancel_requested(job_id) or beat.superseded:
             return False
+        if record.get("phase") == "published":
+            jobs.log(job_id, f"attempt {attempt}: SAE {job.sae_id} was already published; not training it again")
+            return True
         if record.get("phase") == "resume":
             jobs.log(job_id, f"attempt {attempt} resumed from the checkpoint at step {record.get('step')}")
             return True
@@ -110,31 +112,25 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
 
     try:
         jobs.update(job_id, phase="train")
-        run, held, train_view = None, [], None
-        if not req.HasField("stream"):
-            run = store.open_run(req.model_id, req.run_id)
-            train_view, held = split_holdout(run, req)  # with an evaluation, the last shards stay out of training
-        sae = _published_by_earlier_attempt(store, req.model_id, job.sae_id, attempt)
-        if sae is not None:
-            # The worker died between publishing and SUCCEEDED: the SAE is whole (sae.json is written last and
-            # the checkpoint removed after it), so training again would only replace it with an equal one.
-            jobs.log(job_id, f"attempt {attempt}: SAE {job.sae_id} was already published; not training it again")
+        run, held = None, []
+        if req.HasField("stream"):
+            data = live_source(discovered(req.model_id), req.model_id, req.layer, req.stream)
         else:
-            data = train_view
-            if data is None:
-                data = live_source(discovered(req.model_id), req.model_id, req.layer, req.stream)
-            trainer = SaeTrainer(
-                None,
-                req.layer or None,
-                req.sae_class or "TopKSae",
-                _hyperparams(req),
-                store=store,
-                sae_id=job.sae_id,
-                model_id=req.model_id,
-                progress=False,
-                on_step=on_step,
-            )
-            sae = trainer.train(data, resume=True)
+            run = store.open_run(req.model_id, req.run_id)
+            data, held = split_holdout(run, req)  # with an evaluation, the last shards stay out of training
+        trainer = SaeTrainer(
+            None,
+            req.layer or None,
+            req.sae_class or "TopKSae",
+            _hyperparams(req),
+            store=store,
+            sae_id=job.sae_id,
+            model_id=req.model_id,
+            progress=False,
+            on_step=on_step,
+        )
+        # resume=True also returns, untouched, an SAE an earlier attempt published before its worker died.
+        sae = trainer.train(data, resume=True)
         if wants_evaluation(req):  # before SUCCEEDED, while the heartbeat still runs
             stop = lambda: jobs.cancel_requested(job_id) or beat.superseded  # noqa: E731
             evaluate_after_training(jobs, job_id, req, sae, store, run, held, stop)
@@ -158,14 +154,6 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
             sae_path=str(sae_path.relative_to(store.root)),
             finished_at=time.time(),
         )
-    final = (sae.training_record or {}).get("final", {})
+    final = trainer.epochs[-1] if trainer.epochs else {}
     jobs.log(job_id, f"published SAE {sae.id} (explained variance {final.get('explained_variance', float('nan')):.4f})")
     return "SUCCEEDED"
-
-
-def _published_by_earlier_attempt(store: LocalStore, model_id: str, sae_id: str, attempt: int) -> Sae | None:
-    """The SAE an earlier attempt of this job finished, if it got that far (the id is the job's own)."""
-    sae_dir = store.sae_dir(model_id, sae_id)
-    if attempt == 1 or not (sae_dir / "sae.json").is_file() or (sae_dir / CHECKPOINT).is_file():
-        return None
-    return Sae.load(sae_dir)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 
+from mi_crow.client import tls_credentials
 from mi_crow.services.common.logs import REQUEST_ID
 
 
@@ -29,13 +29,7 @@ def channel_credentials(env: Mapping[str, str] | None = None) -> grpc.ChannelCre
         raise ValueError("mutual TLS needs both MI_CROW_TLS_CLIENT_CERT and MI_CROW_TLS_CLIENT_KEY")
     if cert and not ca:
         raise ValueError("a client certificate (MI_CROW_TLS_CLIENT_CERT) needs MI_CROW_TLS_CA to verify the server")
-    if not ca:
-        return None
-
-    def read(path: str) -> bytes | None:
-        return Path(path).read_bytes() if path else None
-
-    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
+    return tls_credentials(ca, cert or None, key or None) if ca else None
 
 
 def open_channel(address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:

@@ -81,6 +81,21 @@ def test_resume_after_interruption_matches_uninterrupted(lm: LanguageModel, run:
     assert not (sae_dir / "checkpoints" / "last.pt").exists()
 
 
+def test_resuming_a_published_sae_returns_it_untrained(lm: LanguageModel, run: ActivationRun):
+    cfg = {"epochs": 1, "batch_size": 32}
+    first = SaeTrainer(lm, "transformer_h_0", TopKSae, cfg, progress=False, sae_id="done").train(run, resume=True)
+    sae_dir = lm.store.sae_dir(lm.model_id, "done")
+    published = {p.name: p.read_bytes() for p in sae_dir.iterdir() if p.is_file()}
+    records: list[dict] = []
+    again = SaeTrainer(lm, "transformer_h_0", TopKSae, cfg, progress=False, sae_id="done", on_step=records.append)
+    sae = again.train(run, resume=True)
+    assert [r["phase"] for r in records] == ["published"]  # no training step ran
+    assert {p.name: p.read_bytes() for p in sae_dir.iterdir() if p.is_file()} == published
+    for (name, a), (_, b) in zip(first.state_dict().items(), sae.state_dict().items(), strict=True):
+        assert torch.allclose(a.cpu(), b.cpu(), atol=1e-5), name  # as saved, not retrained
+    assert again.epochs == first.training_record["epochs"]
+
+
 def test_bad_training_input(lm: LanguageModel, run: ActivationRun):
     with pytest.raises(ValueError, match="unknown hyperparameters"):
         SaeTrainer(lm, "transformer_h_0", TopKSae, {"epochz": 1})

@@ -88,12 +88,21 @@ class SaeTrainer:
 
     # -- training ------------------------------------------------------------------------------------
     def train(self, activations: Any, *, resume: bool = False) -> Sae:
-        """Train on ``activations`` (run, run id, manifest path, tensor or iterable); save and return the SAE."""
+        """Train on ``activations`` (run, run id, manifest path, tensor or iterable); save and return the SAE.
+
+        With ``resume``, an SAE this trainer's id already published (a run that finished, then lost track of
+        it, e.g. a worker killed before reporting success) is loaded and returned instead of trained again.
+        """
         cfg = self.config
+        known_id = self.model.model_id if self.model is not None else self.model_id
+        if resume and known_id and (done := self._published(known_id)) is not None:
+            return done  # checked before the source: a live source would open a stream just to peek
         source = resolve_source(activations, self.layer, self.store, cfg.buffer_shards)
         if self.layer is None and getattr(source, "layer", None):
             self.layer = source.layer  # type: ignore[attr-defined]
         model_id = self._model_id(source)
+        if resume and not known_id and (done := self._published(model_id)) is not None:
+            return done
         if self.model is not None and self.layer is not None:
             expected = self.model.hidden_size(self.layer)
             if expected != source.d_model:
@@ -172,6 +181,16 @@ class SaeTrainer:
         return sae
 
     # -- pieces --------------------------------------------------------------------------------------
+    def _published(self, model_id: str) -> Sae | None:
+        """The SAE already published under this id: sae.json is written last and the checkpoint then removed."""
+        sae_dir = self.store.sae_dir(model_id, self.sae_id)
+        if not (sae_dir / "sae.json").is_file() or (sae_dir / CHECKPOINT).is_file():
+            return None
+        sae = Sae.load(sae_dir, device=pick_device(self.config.device))
+        self.epochs = sae.training_record.get("epochs", [])
+        self.notify({"phase": "published", "step": sae.training_record.get("steps", 0), "sae_id": self.sae_id})
+        return sae
+
     def _model_id(self, source: BatchSource) -> str:
         if self.model is not None:
             return self.model.model_id
