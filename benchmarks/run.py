@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
             elif group == "stream":
                 from benchmarks.stream import bench_stream
 
-                grpc_rate, tcp_rate, stream_note = bench_stream(32 if args.quick else 64, repeats)
+                grpc_rate, tcp_rate, stream_note = bench_stream(128 if args.quick else 256, repeats)
                 rows.append(Row("stream", "MB/s", grpc_rate / 1e6, tcp_rate / 1e6, 0.6,
                                 stream_note + "; ref: raw TCP socket"))  # fmt: skip
             elif group == "e2e":

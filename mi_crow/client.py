@@ -121,9 +121,7 @@ class Client:
             self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(ch)
             self.jobs = artifacts_pb2_grpc.JobServiceStub(ch)
         if inference:
-            ch = _channel(inference, tls)
-            self._channels.append(ch)
-            self.inference = inference_pb2_grpc.InferenceServiceStub(ch)
+            self._use_inference_channel(_channel(inference, tls))
 
     @classmethod
     def discover(cls, artifacts: str, model_id: str, **kwargs: Any) -> Client:
@@ -159,12 +157,15 @@ class Client:
             finally:
                 probe.close()
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                ch = _channel(server.address, self._tls)
-                self._channels.append(ch)
-                self.inference = inference_pb2_grpc.InferenceServiceStub(ch)
+                self._use_inference_channel(_channel(server.address, self._tls))
                 return server.address
         tried = ", ".join(s.address for s in servers) or "none registered"
         raise LookupError(f"no inference server for {model_id!r} answers (tried: {tried})")
+
+    def _use_inference_channel(self, channel: grpc.Channel) -> None:
+        self._channels.append(channel)
+        self._inference_channel = channel
+        self.inference = inference_pb2_grpc.InferenceServiceStub(channel)
 
     def close(self) -> None:
         for ch in self._channels:
@@ -196,12 +197,18 @@ class Client:
     def stream_activations(
         self, model_id: str, layers: Sequence[str], dataset: common_pb2.DatasetSpec, **kw: Any
     ) -> Iterator[tuple[str, torch.Tensor, common_pb2.TensorChunk]]:
-        """Yield (layer, rows, chunk) as chunks arrive; rows are zero-copy views checked against the chunk checksum."""
+        """Yield (layer, rows, chunk) as chunks arrive.
+
+        ``rows`` are zero-copy, read-only views of the received bytes, checked against the chunk's checksum;
+        ``chunk`` holds the chunk's other fields (token ids, positions, sample indices, sequence), its
+        ``data`` left empty since ``rows`` has it.
+        """
+        from mi_crow.chunk_wire import stream_activations_call
         from mi_crow.chunks import chunk_to_tensor
 
         req = inference_pb2.StreamActivationsRequest(model_id=model_id, layers=list(layers), dataset=dataset, **kw)
-        for chunk in self.inference.StreamActivations(req, **self._kw(3600)):
-            yield chunk.layer, chunk_to_tensor(chunk), chunk
+        for chunk in stream_activations_call(self._inference_channel)(req, **self._kw(3600)):
+            yield chunk.layer, chunk_to_tensor(chunk), chunk.meta
 
     def infer_sae(
         self, model_id: str, sae_id: str, prompts: Sequence[str], **kw: Any

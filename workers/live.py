@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import torch
 
+from mi_crow.chunk_wire import stream_activations_call
 from mi_crow.chunks import chunk_to_tensor
 from mi_crow.services.common.outbound import call_metadata, open_channel
 from mi_crow.services.common.registry import probe_connection, rank_addresses
@@ -61,7 +62,8 @@ def _stream(
     with open_channel(address, [("grpc.max_receive_message_length", 16 << 20)]) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         ensure_loaded(stub, model_id, metadata)
-        for chunk in stub.StreamActivations(request, timeout=STREAM_TIMEOUT_S, metadata=metadata):
+        call = stream_activations_call(channel)  # payloads stay in the received bytes
+        for chunk in call(request, timeout=STREAM_TIMEOUT_S, metadata=metadata):
             rows = chunk_to_tensor(chunk)
             if skip >= rows.shape[0]:
                 skip -= rows.shape[0]
@@ -75,14 +77,10 @@ def live_source(
 ) -> Callable[[], Iterator[torch.Tensor]]:
     """A factory opening a fresh stream per epoch (the trainer calls it once per pass).
 
-    ``address`` is one server, or a finder giving the servers to try, best first.
+    ``address`` is one server, or a finder giving the servers to try, best first. Servers are looked up
+    only when a stream opens: a retried job whose SAE was already published needs none.
     """
     finder: Finder = address if callable(address) else (lambda: [address] if address else [])
-    if not finder():
-        raise ValueError(
-            "no inference server for live training: none registered for this model and "
-            "MI_CROW_INFERENCE_ADDRESS is not set on this worker"
-        )
     request = inference_pb2.StreamActivationsRequest(
         model_id=model_id,
         layers=[layer],
@@ -95,6 +93,11 @@ def live_source(
         delivered, failures, failed = 0, 0, set()
         while True:
             candidates = finder()
+            if not candidates and not failed:
+                raise ValueError(
+                    "no inference server for live training: none registered for this model and "
+                    "MI_CROW_INFERENCE_ADDRESS is not set on this worker"
+                )
             # Once every server has failed, start over: one may have come back on the same address.
             address = next((a for a in candidates if a not in failed), candidates[0] if candidates else "")
             if not address:

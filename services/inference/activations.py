@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
+from mi_crow.chunk_wire import encode_chunk
+from mi_crow.chunks import iter_row_slices, rows_per_chunk
 from mi_crow.datasets import TextDataset
 from mi_crow.language_model import LanguageModel
 from mi_crow.language_model.harvest import HarvestBatch, default_dtype, iter_harvest
-from mi_crow.services.common.convert import iter_chunks, rows_per_chunk
 from mi_crow.services.common.metrics import TOKENS_HARVESTED
 from mi_crow.services.inference.gate import DeviceGate
 from mi_crow.store import ActivationRun, LocalStore
 from mi_crow.store.activation_run import MANIFEST
-from mi_crow.v1 import common_pb2, inference_pb2
+from mi_crow.v1 import inference_pb2
 
 
 def _harvest_one(
@@ -25,16 +27,15 @@ def _harvest_one(
         return next(harvest)
 
 
-def _with_last_flag(chunks: Iterator[common_pb2.TensorChunk]) -> Iterator[common_pb2.TensorChunk]:
-    """Hold each chunk back until the next exists, so the final one can say so."""
+def _encoded_with_last_flag(pieces: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    """Encode each chunk once the next exists, so the final one can say so."""
     held = None
-    for chunk in chunks:
+    for piece in pieces:
         if held is not None:
-            yield held
-        held = chunk
+            yield encode_chunk(**held)
+        held = piece
     if held is not None:
-        held.last = True
-        yield held
+        yield encode_chunk(**held, last=True)
 
 
 def stream_chunks(
@@ -48,8 +49,8 @@ def stream_chunks(
     chunk_rows: int = 0,
     max_length: int | None = None,
     on_batch: Callable[[], None] = lambda: None,
-) -> Iterator[common_pb2.TensorChunk]:
-    """Rows of every layer, batch by batch, holding the device only for each batch's forward pass.
+) -> Iterator[bytes]:
+    """Rows of every layer as encoded TensorChunks, batch by batch, holding the device only for each forward.
 
     Stops before the next forward once ``is_active`` turns false (the caller cancelled or went away).
     """
@@ -60,7 +61,7 @@ def stream_chunks(
         raise ValueError("no layers given to stream")
     dtype = default_dtype(lm, None)
 
-    def chunks() -> Iterator[common_pb2.TensorChunk]:
+    def pieces() -> Iterator[dict[str, Any]]:
         sequence = n_samples = 0
         for batch in texts.batches(batch_size):
             if not is_active():
@@ -73,20 +74,14 @@ def stream_chunks(
             for name in names:
                 acts = hb.activations[name]
                 rows = chunk_rows or rows_per_chunk(acts.shape[1], acts.element_size())
-                for chunk in iter_chunks(
-                    acts,
-                    layer=name,
-                    start_sequence=sequence,
-                    rows=rows,
-                    token_ids=hb.token_ids,
-                    positions=hb.positions,
-                    sample_index=sample_index,
+                for part, columns in iter_row_slices(
+                    acts, rows=rows, token_ids=hb.token_ids, positions=hb.positions, sample_index=sample_index
                 ):
+                    yield {"tensor": part, "layer": name, "sequence": sequence, **columns}
                     sequence += 1
-                    yield chunk
             n_samples += hb.n_samples
 
-    yield from _with_last_flag(chunks())
+    yield from _encoded_with_last_flag(pieces())
 
 
 def save_run(

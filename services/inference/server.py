@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from mi_crow.allocator import tune_for_large_buffers
+from mi_crow.chunk_wire import encoded_or_message
 from mi_crow.services.common.config import ServerConfig
+from mi_crow.services.common.encoded_responses import with_response_serializers
 from mi_crow.services.common.metrics import DEVICE_BUSY, DEVICE_QUEUE, gpu_memory_gauge, serve_metrics
 from mi_crow.services.common.server import (
     HealthWatch,
@@ -34,7 +36,11 @@ def start_inference_server(
     DEVICE_BUSY.set_function(lambda: float(gate.busy))
     gpu_memory_gauge()
     name = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
-    running = start_configured(cfg, [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, name)])
+    # StreamActivations yields chunks it encoded itself (one copy of each payload instead of three).
+    add = with_response_serializers(
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server, {"StreamActivations": encoded_or_message}
+    )
+    running = start_configured(cfg, [(add, servicer, name)])
     cfg.artifact_root.mkdir(parents=True, exist_ok=True)
     HealthWatch(running, {"artifact volume": volume_writable(cfg.artifact_root)}).start()
     if registry_url:

@@ -27,7 +27,7 @@ from mi_crow.services.inference.sae import DEFAULT_TOP_K, info, run_prompt, save
 from mi_crow.services.inference.steering import build_steering, comparable
 from mi_crow.services.inference.streams import StreamLimiter
 from mi_crow.store import LocalStore
-from mi_crow.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from mi_crow.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("mi_crow.services.inference")
 
@@ -193,7 +193,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     done.unsteered_text = lm.tokenizer.decode(plain, skip_special_tokens=True)
         yield done
 
-    def StreamActivations(self, request, context) -> Iterator[common_pb2.TensorChunk]:
+    def StreamActivations(self, request, context) -> Iterator[bytes]:  # serialized TensorChunks (server.py)
         lm = self.pool.get(request.model_id)
         texts = dataset_from_spec(request.dataset, self.dataset_roots)
         if request.max_length < 0:

@@ -12,6 +12,7 @@ import grpc
 import pytest
 import torch
 
+from mi_crow.chunk_wire import stream_activations_call
 from mi_crow.hooks import HOOK_KINDS, LayerActivationDetector
 from mi_crow.language_model import LanguageModel, alias_table
 from mi_crow.mechanistic.sae import SaeTrainer, TopKSae
@@ -41,6 +42,7 @@ class Server:
     lm: LanguageModel  # the same checkpoint loaded in this process, as the reference
     root: Path
     data: Path
+    channel: grpc.Channel
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def srv(tmp_path: Path, gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     stub.LoadModel(inference_pb2.LoadModelRequest(model_id="tiny"))
     lm = LanguageModel("tiny", store=LocalStore(tmp_path / "store"))
     try:
-        yield Server(stub, servicer, lm, servicer.store.root, data)
+        yield Server(stub, servicer, lm, servicer.store.root, data, channel)
     finally:
         channel.close()
         running.stop(0)
@@ -254,8 +256,15 @@ def test_stream_activations_match_in_process_forwards(srv: Server):
     request = inference_pb2.StreamActivationsRequest(
         model_id="tiny", layers=LAYERS, dataset=texts_spec(texts), batch_size=4, chunk_rows=7
     )
-    chunks = list(srv.stub.StreamActivations(request))
+    chunks = list(srv.stub.StreamActivations(request))  # parsed by protobuf, as any generated client does
     assert [c.sequence for c in chunks] == list(range(len(chunks)))
+    received = list(stream_activations_call(srv.channel)(request))  # mi-crow's zero-copy reader
+    assert [bytes(c.data) for c in received] == [c.data for c in chunks]
+    for mine, theirs in zip(received, chunks, strict=True):
+        meta = common_pb2.TensorChunk()
+        meta.CopyFrom(theirs)
+        meta.ClearField("data")
+        assert mine.meta == meta
     assert [c.last for c in chunks] == [False] * (len(chunks) - 1) + [True]
 
     enc = srv.lm.tokenize(texts)

@@ -15,12 +15,12 @@ import torch
 from redis import Redis
 
 from mi_crow.language_model import LanguageModel
-from mi_crow.mechanistic.sae import Sae
+from mi_crow.mechanistic.sae import Sae, SaeTrainer
 from mi_crow.mechanistic.sae.metrics import explained_variance
 from mi_crow.services.artifacts.jobs import JobStore
 from mi_crow.services.launcher import LocalCluster
 from mi_crow.store import LocalStore
-from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc
+from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2
 
 pytestmark = pytest.mark.e2e
 
@@ -110,6 +110,31 @@ def test_a_job_lost_after_publishing_is_not_trained_again(cluster: LocalCluster,
     logs = "\n".join(again.logs)
     assert "re-queued as attempt 2" in logs and "already published; not training it again" in logs
     assert {p.name: p.read_bytes() for p in sae_dir.iterdir() if p.is_file()} == published  # not rewritten
+
+
+def test_a_live_job_published_before_every_server_went_away_still_succeeds(cluster: LocalCluster, gpt2_dir: Path):
+    # This cluster has no inference server at all: as if every one had gone away after an attempt published.
+    model = LanguageModel(str(gpt2_dir), store=cluster.store)
+    acts = model.stream_activations(TEXTS[:40], ["transformer_h_0"], batch_size=20)
+    rows = torch.cat([batch.activations["transformer_h_0"] for batch in acts])
+    SaeTrainer(model, "transformer_h_0", "TopKSae", {"epochs": 1, "batch_size": 16, "k": 4}, progress=False,
+               sae_id="live-published").train(rows)  # fmt: skip
+    sae_dir = LocalStore(cluster.store).sae_dir(model.model_id, "live-published")
+    published = {p.name: p.read_bytes() for p in sae_dir.iterdir() if p.is_file()}
+    request = artifacts_pb2.TrainingRequest(
+        model_id=model.model_id,
+        layer="transformer_h_0",
+        sae_id="live-published",
+        k=4,
+        stream=artifacts_pb2.LiveSource(dataset=common_pb2.DatasetSpec(texts=TEXTS[:40])),
+    )
+    assert cluster.artifacts is not None
+    with grpc.insecure_channel(cluster.artifacts.address) as channel:
+        jobs = artifacts_pb2_grpc.JobServiceStub(channel)
+        done = _wait(jobs, jobs.SubmitTraining(request).job_id)
+    assert done.state == artifacts_pb2.SUCCEEDED, done.error  # it used to fail: no inference server to stream from
+    assert "already published; not training it again" in "\n".join(done.logs)
+    assert {p.name: p.read_bytes() for p in sae_dir.iterdir() if p.is_file()} == published
 
 
 def test_a_job_that_keeps_losing_workers_ends_failed_with_the_reason(redis_server: str):
