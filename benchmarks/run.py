@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             elif group == "harvest-vs-seed":
                 from benchmarks.versus import bench_harvest_vs_seed
 
-                texts = pseudo_texts(64 if args.quick else 256, seed=2)
+                texts = pseudo_texts(128 if args.quick else 256, seed=2)  # 64 would be mostly fixed costs
                 rows.append(bench_harvest_vs_seed(comps, model_dir, texts, LAYER, BATCH_SIZE, repeats, args.threads))
             elif group == "sae-train":
                 sae_rows, lines = bench_sae(n_vectors, n_latents, repeats, comps, args.threads)

@@ -17,8 +17,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mi_crow.client import Client, dataset_spec
 from mi_crow.demo.corpus import CONCEPTS, generate_corpus
-from mi_crow.demo.ground_truth import auroc_matrix, token_labels
-from mi_crow.demo.pipeline import ConceptResult, DemoConfig, concept_rate, print_report
+from mi_crow.demo.ground_truth import auroc_matrix, next_token_labels, token_labels
+from mi_crow.demo.pipeline import (
+    STEERING_PROMPTS,
+    ConceptResult,
+    DemoConfig,
+    concept_rate,
+    print_report,
+    steering_biases,
+)
 from mi_crow.demo.tiny_model import ensure_tiny_model
 from mi_crow.services.launcher import LocalCluster
 from mi_crow.v1 import artifacts_pb2, common_pb2
@@ -101,7 +108,8 @@ def _pipeline(client: Client, console: Console, cfg: DemoConfig, corpus: Path, s
 
     tokenizer = AutoTokenizer.from_pretrained(str(cfg.workdir / "demo-model"))
     codes = _sparse_codes(client, job.sae_id, eval_texts, cfg.n_latents, cfg.k)
-    labels = torch.cat(token_labels(eval_texts, tokenizer, 10_000))
+    per_text = token_labels(eval_texts, tokenizer, 10_000)
+    labels = torch.cat(per_text)
     if labels.shape[0] != codes.shape[0]:
         raise RuntimeError(f"{codes.shape[0]} token codes but {labels.shape[0]} token labels: tokenizations differ")
     scores = auroc_matrix(codes, labels)
@@ -122,11 +130,16 @@ def _pipeline(client: Client, console: Console, cfg: DemoConfig, corpus: Path, s
         artifacts_pb2.LoadConceptsRequest(sae=ref, content=json.dumps(names).encode(), format="json"), timeout=60
     )
 
-    prompts = ["the", "yesterday", "in the morning", "they said that"] * 2
+    # Steering: push each concept's announcing latent on neutral prompts and count its marker words.
+    next_labels = next_token_labels(per_text)
+    prompts = list(STEERING_PROMPTS)
     plain = [o.text for o in client.infer_sae(MODEL, job.sae_id, prompts, max_new_tokens=16).outputs]
-    for r in results:
+    for c, r in enumerate(results):
+        biases = steering_biases(codes, next_labels, c, r.latent, cfg.steer_strength)
+        r.steered_latents = list(biases)
         request = artifacts_pb2.ManipulateConceptsRequest(sae=ref, name=f"push-{r.concept}")
-        request.edits[r.latent].CopyFrom(common_pb2.LatentEdit(scale=1.0, bias=cfg.steer_bias))
+        for latent, bias in biases.items():
+            request.edits[latent].CopyFrom(common_pb2.LatentEdit(scale=1.0, bias=bias))
         client.artifacts.ManipulateConcepts(request, timeout=60)
         steered = client.infer_sae(MODEL, job.sae_id, prompts, max_new_tokens=16, concept_config=f"push-{r.concept}")
         r.plain_rate = concept_rate(plain, r.concept)

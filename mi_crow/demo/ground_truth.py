@@ -91,11 +91,15 @@ def latent_codes(lm: LanguageModel, sae: Sae, layer: str, texts: Sequence[str], 
             with torch.inference_mode():
                 codes.append(sae.encode(detector.activations[out.attention_mask.bool()].to(sae.b_dec.device)).cpu())
     per_text = token_labels(texts, lm.tokenizer, lm.max_length)
-    nexts = [torch.cat([t[1:], torch.zeros_like(t[:1])]) for t in per_text]  # a text's last token has no next
     labels, all_codes = torch.cat(per_text), torch.cat(codes)
     if labels.shape[0] != all_codes.shape[0]:
         raise RuntimeError(f"{all_codes.shape[0]} token codes but {labels.shape[0]} token labels: tokenizations differ")
-    return TokenCodes(all_codes, labels, torch.cat(nexts))
+    return TokenCodes(all_codes, labels, next_token_labels(per_text))
+
+
+def next_token_labels(per_text: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``token_labels`` shifted by one within each text: whether the *next* token is a concept's marker."""
+    return torch.cat([torch.cat([t[1:], torch.zeros_like(t[:1])]) for t in per_text])  # the last token has none
 
 
 @dataclass

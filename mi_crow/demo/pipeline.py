@@ -16,13 +16,15 @@ from rich.console import Console
 from rich.table import Table
 
 from mi_crow.demo.corpus import CONCEPTS, concept_token_mask, generate_corpus
-from mi_crow.demo.ground_truth import auroc_matrix, token_labels
+from mi_crow.demo.ground_truth import NEUTRAL_PROMPTS, auroc_matrix, mean_active, next_token_labels, token_labels
 from mi_crow.demo.tiny_model import TinyModelConfig, ensure_tiny_model
 from mi_crow.hooks import LayerActivationDetector
 from mi_crow.language_model import LanguageModel
 from mi_crow.mechanistic.concepts import Concept
 from mi_crow.mechanistic.sae import SaeTrainer, TopKSae
 from mi_crow.store import LocalStore
+
+STEERING_PROMPTS = NEUTRAL_PROMPTS * 2  # each sampled twice (one batch, one seed)
 
 
 @dataclass
@@ -35,32 +37,49 @@ class DemoConfig:
     k: int = 16
     epochs: int = 10
     batch_size: int = 256
-    steer_bias: float = 8.0
+    # Steering adds this many times each pushed latent's mean code (where it fires) to it: latents differ
+    # in scale, so one fixed bias is too weak for some and wrecks the text for others.
+    steer_strength: float = 8.0
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
 @dataclass
 class ConceptResult:
     concept: str
-    latent: int
+    latent: int  # detects the concept's tokens best
     auroc: float
     top_example: str
+    # Pushed when steering: the detecting latent and the one that announces the concept's next token best.
+    # Near the output a detecting latent mostly says "this token was an animal", while steering needs
+    # "an animal comes next" as well (see ground_truth.ConceptGroundTruth).
+    steered_latents: list[int] = field(default_factory=list)
     steered_rate: float = 0.0
     plain_rate: float = 0.0
+
+
+def steering_biases(
+    codes: torch.Tensor, next_labels: torch.Tensor, concept_index: int, detector: int, strength: float
+) -> dict[int, float]:
+    """The latents to push for a concept (its detector and its announcer), each with the bias to add to it."""
+    announcer = int(auroc_matrix(codes, next_labels[:, concept_index : concept_index + 1])[:, 0].argmax())
+    return {latent: strength * mean_active(codes, latent) for latent in dict.fromkeys((detector, announcer))}
 
 
 def print_report(console: Console, results: list[ConceptResult], what: str) -> int:
     """The demo's table; returns how many planted concepts a single latent detects (AUROC >= 0.9)."""
     table = Table(title=f"planted concepts → SAE latents ({what})")
-    for col in ("concept", "latent", "AUROC", "top activating context", "words/gen plain → steered"):
+    columns = ("concept", "latent", "AUROC", "top activating context", "pushed", "words/gen plain → steered")
+    for col in columns:
         table.add_column(col)
     for r in results:
-        table.add_row(
-            r.concept, str(r.latent), f"{r.auroc:.3f}", r.top_example[:60], f"{r.plain_rate:.2f} → {r.steered_rate:.2f}"
-        )
+        rates = f"{r.plain_rate:.2f} → {r.steered_rate:.2f}"
+        pushed = "+".join(map(str, r.steered_latents))
+        table.add_row(r.concept, str(r.latent), f"{r.auroc:.3f}", r.top_example[:40], pushed, rates)
     console.print(table)
     found = sum(r.auroc >= 0.9 for r in results)
     console.print(f"[bold]{found}/{len(results)} planted concepts found by a single latent (AUROC ≥ 0.9)[/bold]")
+    rising = sum(r.steered_rate > r.plain_rate for r in results)
+    console.print(f"[bold]{rising}/{len(results)} concepts become more frequent when their latent is pushed[/bold]")
     return found
 
 
@@ -99,7 +118,7 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     eval_samples = generate_corpus(cfg.n_eval_texts, seed=202)
     eval_texts = [s.text for s in eval_samples]
     det = LayerActivationDetector(cfg.layer)
-    codes, labels = [], token_labels(eval_texts, lm.tokenizer, lm.max_length)
+    codes, per_text = [], token_labels(eval_texts, lm.tokenizer, lm.max_length)
     with lm.hooks.attached(det):
         for i in range(0, len(eval_texts), 64):
             out = lm.forwards(eval_texts[i : i + 64])
@@ -107,7 +126,7 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
             with torch.inference_mode():
                 codes.append(sae.encode(det.activations[mask]))
     all_codes = torch.cat(codes)
-    all_labels = torch.cat(labels)
+    all_labels = torch.cat(per_text)
     if all_labels.shape[0] != all_codes.shape[0]:
         raise RuntimeError("token labels and activations are misaligned")  # tokenization must agree
     scores = auroc_matrix(all_codes, all_labels)
@@ -124,11 +143,16 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
             concepts.name(latent, Concept(concept, f"planted concept '{concept}'", auroc))
     concepts.save_dictionary()
 
-    # Steering: push each concept's latent on neutral prompts and count its marker words.
-    prompts = ["the", "yesterday", "in the morning", "they said that"] * 2
+    # Steering: push each concept's announcing latent on neutral prompts and count its marker words.
+    next_labels = next_token_labels(per_text)
+    prompts = list(STEERING_PROMPTS)
     plain = lm.generate(prompts, max_new_tokens=16, do_sample=True, seed=0, temperature=0.8).texts
-    for r in results:
-        concepts.reset().manipulate(neuron_idx=r.latent, scale_factor=1.0, bias=cfg.steer_bias)
+    for c, r in enumerate(results):
+        biases = steering_biases(all_codes, next_labels, c, r.latent, cfg.steer_strength)
+        r.steered_latents = list(biases)
+        concepts.reset()
+        for latent, bias in biases.items():
+            concepts.manipulate(neuron_idx=latent, scale_factor=1.0, bias=bias)
         steered = lm.generate(
             prompts, max_new_tokens=16, do_sample=True, seed=0, temperature=0.8, concept_config=concepts
         )

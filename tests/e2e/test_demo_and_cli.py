@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from mi_crow.cli import app
 from mi_crow.demo.corpus import CONCEPTS
-from mi_crow.demo.ground_truth import auroc_matrix
-from mi_crow.demo.pipeline import DemoConfig, run_demo
+from mi_crow.demo.ground_truth import auroc_matrix, next_token_labels
+from mi_crow.demo.pipeline import DemoConfig, run_demo, steering_biases
 from mi_crow.demo.tiny_model import TinyModelConfig
 
 
@@ -31,6 +31,17 @@ def test_auroc_matrix_is_exact_on_known_cases():
     assert scores[0, 0] == 1.0
     assert scores[1, 0] == 0.5
     assert abs(float(scores[2, 0]) - (3 + 0.5 * 3) / 6) < 1e-6
+
+
+def test_steering_pushes_the_detecting_and_the_announcing_latent_by_their_typical_codes():
+    # Token 1 of each text is a marker word: latent 0 fires on it, latent 1 on the token before it.
+    per_text = [torch.tensor([[False], [True], [False]])] * 2
+    next_labels = next_token_labels(per_text)
+    assert next_labels[:, 0].tolist() == [True, False, False] * 2
+    codes = torch.tensor([[0.0, 2.0], [5.0, 0.0], [0.0, 0.0], [0.0, 4.0], [3.0, 0.0], [0.0, 0.0]])
+    biases = steering_biases(codes, next_labels, 0, detector=0, strength=4.0)
+    assert biases == {0: 4.0 * 4.0, 1: 4.0 * 3.0}  # mean codes where they fire: (5 + 3) / 2 and (2 + 4) / 2
+    assert steering_biases(codes, next_labels, 0, detector=1, strength=1.0) == {1: 3.0}  # one latent, once
 
 
 def _miniature(tmp_path: Path) -> DemoConfig:
@@ -56,6 +67,8 @@ def test_miniature_demo_runs_the_whole_workflow(tmp_path: Path):
     assert 0 <= report["found"] <= len(CONCEPTS)
     text = console.export_text()
     assert "planted concepts found by a single latent" in text and report["sae_id"] in text
+    assert "concepts become more frequent when their latent is pushed" in text
+    assert all(0 < len(c["steered_latents"]) <= 2 for c in report["concepts"])
     assert (tmp_path / "store" / "saes").is_dir()
 
 
@@ -88,4 +101,5 @@ def test_miniature_demo_through_a_local_cluster(tmp_path: Path):
     assert all(0.0 <= c["auroc"] <= 1.0 for c in report["concepts"])
     text = console.export_text()
     assert "via gRPC" in text and "SUCCEEDED" in text
+    assert all(c["latent"] in c["steered_latents"] for c in report["concepts"])
     assert (tmp_path / "cluster" / "store" / "saes").is_dir()
