@@ -299,6 +299,26 @@ class Client:
         req = artifacts_pb2.TrainingRequest(model_id=model_id, run_id=run_id, layer=layer, **kw)
         return self.jobs.SubmitTraining(req, **self._kw())
 
+    def train_live(
+        self,
+        model_id: str,
+        layers: str | Sequence[str],
+        dataset: common_pb2.DatasetSpec,
+        *,
+        texts_per_batch: int = 16,
+        max_length: int = 0,
+        **kw: Any,
+    ) -> artifacts_pb2.Job:
+        """Train on activations streamed live from an inference server, nothing stored but the SAEs.
+
+        ``layers`` as one name trains one SAE; as a list, one SAE per layer, all from one forward pass per
+        batch of texts (Job.sae_ids names them). ``kw`` as for ``train`` (epochs=, k=, hyperparams=, ...).
+        """
+        live = artifacts_pb2.LiveSource(dataset=dataset, batch_size=texts_per_batch, max_length=max_length)
+        if isinstance(layers, str):
+            return self.train(model_id, "", layers, stream=live, **kw)
+        return self.train(model_id, "", layers=list(layers), stream=live, **kw)
+
     def submit_dashboard(
         self, sae_id: str, dataset: common_pb2.DatasetSpec, model_id: str = "", **kw: Any
     ) -> artifacts_pb2.Job:

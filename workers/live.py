@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 import torch
@@ -56,8 +56,9 @@ def ensure_loaded(stub: inference_pb2_grpc.InferenceServiceStub, model_id: str, 
 
 def _stream(
     address: str, model_id: str, request: inference_pb2.StreamActivationsRequest, skip: int
-) -> Iterator[torch.Tensor]:
-    """One StreamActivations call; the first ``skip`` rows were delivered by an earlier server."""
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """One StreamActivations call, as (server's layer name, rows); the first ``skip`` rows were delivered
+    by an earlier server (a server sends the same chunks in the same order for the same request)."""
     metadata = call_metadata()
     with open_channel(address, [("grpc.max_receive_message_length", 16 << 20)]) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
@@ -68,29 +69,32 @@ def _stream(
             if skip >= rows.shape[0]:
                 skip -= rows.shape[0]
                 continue
-            yield rows[skip:] if skip else rows
+            yield chunk.layer, rows[skip:] if skip else rows
             skip = 0
 
 
-def live_source(
-    address: str | Finder, model_id: str, layer: str, source: artifacts_pb2.LiveSource
-) -> Callable[[], Iterator[torch.Tensor]]:
-    """A factory opening a fresh stream per epoch (the trainer calls it once per pass).
+def live_layers_source(
+    address: str | Finder, model_id: str, layers: Sequence[str], source: artifacts_pb2.LiveSource
+) -> Callable[[], Iterator[tuple[str, torch.Tensor]]]:
+    """A factory opening a fresh stream of every layer in ``layers`` per epoch, yielding (layer, rows).
 
-    ``address`` is one server, or a finder giving the servers to try, best first. Servers are looked up
-    only when a stream opens: a retried job whose SAE was already published needs none.
+    Layers are named as asked: the server streams its own (stable) names in the order asked, so the
+    first distinct name it sends is ``layers[0]``, and so on. ``address`` is one server, or a finder giving
+    the servers to try, best first. Servers are looked up only when a stream opens: a retried job whose
+    SAEs were already published needs none.
     """
     finder: Finder = address if callable(address) else (lambda: [address] if address else [])
     request = inference_pb2.StreamActivationsRequest(
         model_id=model_id,
-        layers=[layer],
+        layers=list(layers),
         dataset=source.dataset,
         batch_size=source.batch_size or 16,
         max_length=source.max_length,
     )
 
-    def chunks() -> Iterator[torch.Tensor]:
+    def pieces() -> Iterator[tuple[str, torch.Tensor]]:
         delivered, failures, failed = 0, 0, set()
+        asked: dict[str, str] = {}  # the server's name of a layer -> the name it was asked for by
         while True:
             candidates = finder()
             if not candidates and not failed:
@@ -103,9 +107,13 @@ def live_source(
             if not address:
                 raise ValueError(f"no inference server left for {model_id!r} (failed: {sorted(failed)})")
             try:
-                for rows in _stream(address, model_id, request, delivered):
+                for served, rows in _stream(address, model_id, request, delivered):
+                    if served not in asked:
+                        if len(asked) == len(layers):
+                            raise ValueError(f"the server streamed layer {served!r}, which is none of {list(layers)}")
+                        asked[served] = layers[len(asked)]
                     delivered += rows.shape[0]
-                    yield rows
+                    yield asked[served], rows
                 return
             except grpc.RpcError as exc:
                 if exc.code() not in FAILOVER_CODES or failures >= MAX_FAILOVERS:
@@ -118,4 +126,12 @@ def live_source(
                 )  # fmt: skip
                 time.sleep(min(0.5 * failures, 3.0))
 
-    return chunks
+    return pieces
+
+
+def live_source(
+    address: str | Finder, model_id: str, layer: str, source: artifacts_pb2.LiveSource
+) -> Callable[[], Iterator[torch.Tensor]]:
+    """``live_layers_source`` of one layer: a factory of fresh row streams, one per epoch."""
+    pieces = live_layers_source(address, model_id, [layer], source)
+    return lambda: (rows for _, rows in pieces())

@@ -14,12 +14,14 @@ import threading
 import time
 from typing import Any
 
-from mi_crow.mechanistic.sae import SaeTrainer, TrainingCancelled
-from mi_crow.services.artifacts.jobs import HEARTBEAT_S, TERMINAL, JobStore
+from google.protobuf import json_format
+
+from mi_crow.mechanistic.sae import MultiSaeTrainer, SaeSpec, SaeTrainer, TrainingCancelled
+from mi_crow.services.artifacts.jobs import HEARTBEAT_S, TERMINAL, JobStore, layer_sae_ids
 from mi_crow.services.common.redis_conn import connect
 from mi_crow.store import LocalStore
 from mi_crow.workers.evaluation import evaluate_after_training, split_holdout, wants_evaluation
-from mi_crow.workers.live import discovered, live_source
+from mi_crow.workers.live import discovered, live_layers_source, live_source
 from mi_crow.workers.telemetry import observed, vectors_trained
 
 log = logging.getLogger("mi_crow.workers")
@@ -84,21 +86,36 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
     beat = _Heartbeat(jobs, job_id, attempt)
     beat.start()
     source = "a live activation stream" if req.HasField("stream") else f"run {req.run_id}"
-    jobs.log(job_id, f"training {req.sae_class or 'TopKSae'} on {source}, layer {req.layer or '(the only one)'}")
+    layers = ", ".join(req.layers) if req.layers else req.layer or "(the only one)"
+    jobs.log(job_id, f"training {req.sae_class or 'TopKSae'} on {source}, layer {layers}")
+    # Per SAE (one, or one per layer): its latest step, total and metrics; the job reports their sums.
+    steps: dict[str, tuple[int, int]] = {}
+    metrics: dict[str, float] = {}
 
     def on_step(record: dict[str, Any]) -> bool:
         if jobs.cancel_requested(job_id) or beat.superseded:
             return False
+        sae_id = record.get("sae_id", job.sae_id)
+        where = f" on layer {record['layer']}" if req.layers and "layer" in record else ""
         if record.get("phase") == "published":
-            jobs.log(job_id, f"attempt {attempt}: SAE {job.sae_id} was already published; not training it again")
+            jobs.log(job_id, f"attempt {attempt}: SAE {sae_id} was already published; not training it again")
             return True
         if record.get("phase") == "resume":
-            jobs.log(job_id, f"attempt {attempt} resumed from the checkpoint at step {record.get('step')}")
+            jobs.log(job_id, f"attempt {attempt} resumed{where} from the checkpoint at step {record.get('step')}")
             return True
-        total = record.get("total_steps") or 0
-        step = int(record.get("step", 0))
-        metrics = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and k not in ("step", "epoch")}
-        fields: dict[str, Any] = {"step": step, "total_steps": total or 0, "metrics": metrics}
+        steps[sae_id] = (int(record.get("step", 0)), int(record.get("total_steps") or 0))
+        prefix = f"{record['layer']}." if where else ""
+        metrics.update(
+            {
+                prefix + k: float(v)
+                for k, v in record.items()
+                if isinstance(v, int | float) and k not in ("step", "epoch")
+            }
+        )
+        step, total = sum(s for s, _ in steps.values()), sum(t for _, t in steps.values())
+        if any(t == 0 for _, t in steps.values()):
+            total = 0  # a stream's length is known only after its first pass
+        fields: dict[str, Any] = {"step": step, "total_steps": total, "metrics": metrics}
         if total:
             fields["progress"] = min(1.0, step / total)
         jobs.update(job_id, **fields)
@@ -106,13 +123,16 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
             vectors_trained("training", record.get("tokens", 0))
             ev = record.get("explained_variance", float("nan"))
             jobs.log(
-                job_id, f"epoch {record.get('epoch')} done: explained variance {ev:.4f}, L0 {record.get('l0', 0):.1f}"
+                job_id,
+                f"epoch {record.get('epoch')} done{where}: explained variance {ev:.4f}, L0 {record.get('l0', 0):.1f}",
             )
         return True
 
     try:
         jobs.update(job_id, phase="train")
         run, held = None, []
+        if req.layers:
+            return _train_layers(jobs, job_id, job, store, on_step)
         if req.HasField("stream"):
             data = live_source(discovered(req.model_id), req.model_id, req.layer, req.stream)
         else:
@@ -156,4 +176,30 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
         )
     final = trainer.epochs[-1] if trainer.epochs else {}
     jobs.log(job_id, f"published SAE {sae.id} (explained variance {final.get('explained_variance', float('nan')):.4f})")
+    return "SUCCEEDED"
+
+
+def _train_layers(jobs: JobStore, job_id: str, job: Any, store: LocalStore, on_step: Any) -> str:
+    """A multi-layer job: one SAE per layer of ``req.layers``, all from one live forward per batch of texts."""
+    req = job.request
+    sae_ids = layer_sae_ids(job.sae_id, req.layers)
+    hyper = _hyperparams(req)
+    specs = [
+        SaeSpec(layer, req.sae_class or "TopKSae", hyper, sae_id=sae_id)
+        for layer, sae_id in zip(req.layers, sae_ids, strict=True)
+    ]
+    trainer = MultiSaeTrainer(None, specs, store=store, model_id=req.model_id, progress=False, on_step=on_step)
+    pieces = live_layers_source(discovered(req.model_id), req.model_id, list(req.layers), req.stream)
+    source = {"dataset": json_format.MessageToDict(req.stream.dataset), "batch_size": req.stream.batch_size or 16}
+    # Checkpoints at epoch ends (resume=True): a retried attempt continues from the last epoch all SAEs finished.
+    saes = trainer.train_stream(lambda layers: pieces(), source=source, resume=True)
+    paths = [str((store.sae_dir(req.model_id, sae.sae_id) / "sae.json").relative_to(store.root)) for sae in saes]
+    if jobs.state(job_id) not in TERMINAL:
+        jobs.update(job_id, state="SUCCEEDED", progress=1.0, sae_paths=paths, finished_at=time.time())
+    for sae in saes:
+        final = sae.training_record.get("final", {})
+        jobs.log(
+            job_id,
+            f"published SAE {sae.sae_id} (explained variance {final.get('explained_variance', float('nan')):.4f})",
+        )
     return "SUCCEEDED"

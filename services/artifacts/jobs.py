@@ -16,6 +16,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -44,6 +45,14 @@ def idempotency_key(request: artifacts_pb2.TrainingRequest) -> str:
         return request.idempotency_key
     body = json_format.MessageToJson(request, sort_keys=True, preserving_proto_field_name=True)
     return "auto-" + hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+MAX_LAYERS_PER_JOB = 32
+
+
+def layer_sae_ids(sae_id: str, layers: Sequence[str]) -> list[str]:
+    """The ids of a multi-layer job's SAEs: one per layer, in the request's order."""
+    return [f"{sae_id}.{layer}" for layer in layers]
 
 
 class JobStore:
@@ -179,6 +188,8 @@ class JobStore:
             started_at=float(h.get("started_at", 0)),
             finished_at=float(h.get("finished_at", 0)),
             phase=h.get("phase", b"").decode(),
+            sae_ids=layer_sae_ids(request.sae_id, request.layers),
+            sae_paths=json.loads(h.get("sae_paths", b"[]")),
         )
         job.kind = h.get("kind", b"training").decode()
         if job.kind == "dashboard":
@@ -217,7 +228,7 @@ class JobStore:
         pipe.execute()
 
     def update(self, job_id: str, **fields: Any) -> None:
-        mapping = {k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in fields.items()}
+        mapping = {k: (json.dumps(v) if isinstance(v, dict | list) else v) for k, v in fields.items()}
         self.redis.hset(self._key(job_id), mapping=mapping)
 
     def cancel_requested(self, job_id: str) -> bool:

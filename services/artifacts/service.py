@@ -13,13 +13,13 @@ from redis import Redis
 from mi_crow.mechanistic.concepts import ConceptConfig, ConceptDictionary
 from mi_crow.mechanistic.sae import SAE_CLASSES, TrainingConfig
 from mi_crow.services.artifacts.dashboards import DASHBOARD_FUNC, checked_request, stored_dashboard
-from mi_crow.services.artifacts.jobs import TERMINAL, JobStore
+from mi_crow.services.artifacts.jobs import MAX_LAYERS_PER_JOB, TERMINAL, JobStore, layer_sae_ids
 from mi_crow.services.common.auth import require_admin
 from mi_crow.services.common.config import ServerConfig
 from mi_crow.services.common.convert import check_evaluation_options, dataset_from_spec, run_info, sae_info
 from mi_crow.services.common.errors import servicer
 from mi_crow.services.common.registry import list_servers
-from mi_crow.store import LocalStore, read_json, validate_name
+from mi_crow.store import LocalStore, new_id, read_json, validate_name
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2
 
 TRAINING_FUNC = "mi_crow.workers.training.run_training_job"
@@ -169,9 +169,11 @@ class JobServicer(artifacts_pb2_grpc.JobServiceServicer):
 
     def _validate(self, req: artifacts_pb2.TrainingRequest) -> None:
         """Refuse what would only fail on a worker: unknown run, layer, class or hyperparameter."""
+        if req.layers:
+            self._validate_layers(req)
         if req.HasField("stream"):
-            if not req.model_id or not req.layer:
-                raise ValueError("live training needs model_id and layer")
+            if not req.model_id or not (req.layer or req.layers):
+                raise ValueError("live training needs model_id and layer (or layers)")
             if req.run_id:
                 raise ValueError("set either run_id or stream, not both")
             dataset_from_spec(req.stream.dataset, self.cfg.dataset_roots)  # same checks the server will make
@@ -201,6 +203,27 @@ class JobServicer(artifacts_pb2_grpc.JobServiceServicer):
         if req.sae_id:
             validate_name(req.sae_id, "SAE id")
         check_evaluation_options(req.evaluation)
+
+    @staticmethod
+    def _validate_layers(req: artifacts_pb2.TrainingRequest) -> None:
+        """A multi-layer job: one SAE per layer, trained from one live forward."""
+        if not req.HasField("stream"):
+            raise ValueError(
+                "layers trains from one live forward and needs stream; for a stored run, submit one job per layer"
+            )
+        if req.layer:
+            raise ValueError("set either layer (one SAE) or layers (one SAE per layer), not both")
+        if req.evaluation.enabled or req.evaluation.texts:
+            raise ValueError(
+                "evaluation is per SAE: leave it unset with layers, and call EvaluateSae on each SAE after the job"
+            )
+        if not 2 <= len(req.layers) <= MAX_LAYERS_PER_JOB:
+            raise ValueError(f"layers must name 2-{MAX_LAYERS_PER_JOB} layers, got {len(req.layers)}")
+        repeated = sorted({layer for layer in req.layers if list(req.layers).count(layer) > 1})
+        if repeated:
+            raise ValueError(f"layers names {repeated} more than once")
+        for sae_id in layer_sae_ids(req.sae_id or new_id("sae"), req.layers):
+            validate_name(sae_id, "SAE id (<sae_id>.<layer>)")
 
     def SubmitTraining(self, request, context):
         self._validate(request)

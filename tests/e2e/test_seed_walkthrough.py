@@ -13,6 +13,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mi_crow.chunks import chunk_to_tensor
 from mi_crow.services.launcher import LocalCluster
 from mi_crow.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -212,6 +213,46 @@ def test_live_stream_training_matches_training_from_the_saved_run(cluster: Local
     assert abs(evs[0] - evs[1]) <= 0.02, evs
 
 
+def test_one_job_trains_an_sae_per_layer_from_one_live_stream(cluster: LocalCluster, stubs):  # type: ignore[no-untyped-def]
+    inference, artifacts, jobs = stubs
+    layers = ["transformer_h_0", "transformer_h_1"]
+    live = artifacts_pb2.LiveSource(dataset=common_pb2.DatasetSpec(texts=TEXTS), batch_size=16)
+    common = {"model_id": "tiny", "epochs": 6, "batch_size": 64, "k": 8, "n_latents": 256, "stream": live}
+    job = jobs.SubmitTraining(artifacts_pb2.TrainingRequest(layers=layers, sae_id="per-layer", **common))
+    assert list(job.sae_ids) == ["per-layer.transformer_h_0", "per-layer.transformer_h_1"]
+    done = _finish(jobs, job.job_id)
+    assert _state(done) == "SUCCEEDED", done.error
+    assert done.progress == 1.0 and done.step > 0 and "transformer_h_1.explained_variance" in done.metrics
+    from mi_crow.mechanistic.sae import Sae
+    from mi_crow.mechanistic.sae.metrics import explained_variance
+
+    request = inference_pb2.StreamActivationsRequest(model_id="tiny", layers=layers, dataset=live.dataset)
+    rows: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for chunk in inference.StreamActivations(request, timeout=120):
+        rows[chunk.layer].append(chunk_to_tensor(chunk))
+    listed = {s.sae_id for s in artifacts.ListSaes(artifacts_pb2.ListSaesRequest(model_id="tiny")).saes}
+    for sae_id, path, layer in zip(done.sae_ids, done.sae_paths, layers, strict=True):
+        assert sae_id in listed and path.endswith(f"{sae_id}/sae.json")
+        sae = Sae.load(cluster.store / path.removesuffix("/sae.json"))
+        assert sae.layer == layer
+        x = torch.cat(rows[layer])
+        with torch.no_grad():
+            assert explained_variance(x, sae(x).x_hat) > 0.5, layer
+    # What cannot work is refused at submission, with the reason.
+    bad = {
+        "no stream": {"layers": layers, "run_id": "ev-run", "model_id": "tiny"},
+        "layer and layers": {"layers": layers, "layer": "transformer_h_0", **common},
+        "a layer twice": {"layers": ["transformer_h_0", "transformer_h_0"], **common},
+        "one layer": {"layers": ["transformer_h_0"], **common},
+        "evaluation": {"layers": layers, "evaluation": artifacts_pb2.EvaluationOptions(enabled=True), **common},
+        "a layer no id can hold": {"layers": ["transformer_h_0", "a/b"], **common},
+    }
+    for case, fields in bad.items():
+        with pytest.raises(grpc.RpcError) as err:
+            jobs.SubmitTraining(artifacts_pb2.TrainingRequest(**fields))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+
+
 def test_python_client_drives_the_cluster(cluster: LocalCluster):
     from mi_crow.client import Client, dataset_spec
 
@@ -236,6 +277,10 @@ def test_python_client_drives_the_cluster(cluster: LocalCluster):
         assert client.manipulate("tiny", job.sae_id, {1: 1.5}).edits[1].scale == 1.5
         assert client.job(job.job_id).sae_id == job.sae_id
         assert client.metrics().succeeded >= 1
+        both = client.train_live(
+            "tiny", ["transformer_h_0", "transformer_h_1"], dataset_spec(TEXTS[:40]), epochs=1, k=4
+        )
+        assert _state(client.wait(both.job_id)) == "SUCCEEDED" and len(client.job(both.job_id).sae_paths) == 2
         assert client.delete_sae("tiny", job.sae_id) and client.delete_run("tiny", saved.run_id)
         with pytest.raises(grpc.RpcError) as err:
             client.cancel("job-does-not-exist")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +12,7 @@ from mi_crow.language_model import LanguageModel
 from mi_crow.language_model.harvest import stream_activations
 from mi_crow.mechanistic.sae import MultiSaeTrainer, Sae, SaeSpec, TrainingCancelled
 from mi_crow.mechanistic.sae.metrics import explained_variance
+from mi_crow.store import LocalStore
 
 
 def _specs() -> list[SaeSpec]:
@@ -88,3 +92,43 @@ def test_bad_specs(lm: LanguageModel):
         MultiSaeTrainer(lm, [])
     with pytest.raises(ValueError, match="ids must differ"):
         MultiSaeTrainer(lm, [SaeSpec("transformer_h_0", sae_id="x"), SaeSpec("transformer_h_1", sae_id="x")])
+
+
+def test_rows_from_a_stream_train_every_sae_without_a_model(lm: LanguageModel, texts: list[str], tmp_path: Path):
+    layers = ["transformer_h_0", "transformer_h_1"]
+    batches = list(stream_activations(lm, texts * 2, layers, batch_size=8))
+    opened: list[list[str]] = []
+
+    def pieces(wanted: list[str]) -> Iterator[tuple[str, torch.Tensor]]:  # what a live stream of both layers gives
+        opened.append(list(wanted))
+        for batch in batches:
+            yield from ((layer, batch.activations[layer]) for layer in wanted if layer in batch.activations)
+
+    specs = [
+        SaeSpec("transformer_h_0", "TopKSae", {"epochs": 6, "batch_size": 64, "k": 8}, sae_id="s.h0"),
+        SaeSpec("transformer_h_1", "TopKSae", {"epochs": 6, "batch_size": 64, "k": 8}, sae_id="s.h1"),
+    ]
+    store = LocalStore(tmp_path / "store")
+    trainer = MultiSaeTrainer(None, specs, store=store, model_id="tiny", progress=False)
+    saes = trainer.train_stream(pieces, source={"dataset": "test"}, resume=True)
+    assert opened == [layers] * 6  # one stream per epoch (the first also told the widths), never one per SAE
+    for sae, layer in zip(saes, layers, strict=True):
+        x = torch.cat([b.activations[layer] for b in batches])
+        with torch.no_grad():
+            assert explained_variance(x, sae(x).x_hat) > 0.5, layer
+        loaded = Sae.load(store.sae_dir("tiny", sae.sae_id))
+        assert loaded.layer == layer and loaded.training_record["source"]["kind"] == "stream"
+    # Resuming SAEs that are published returns them as they are, without opening a stream.
+    again = MultiSaeTrainer(None, specs, store=store, model_id="tiny", progress=False).train_stream(pieces, resume=True)
+    assert len(opened) == 6 and [s.sae_id for s in again] == ["s.h0", "s.h1"]
+    for (name, a), (_, b) in zip(again[0].state_dict().items(), saes[0].state_dict().items(), strict=True):
+        assert torch.allclose(a.cpu(), b.cpu(), atol=1e-5), name  # as saved, not retrained
+    with pytest.raises(ValueError, match="model_id"):
+        MultiSaeTrainer(None, specs)
+    with pytest.raises(ValueError, match="train_stream"):
+        MultiSaeTrainer(None, specs, store=store, model_id="tiny").train(texts)
+    short = MultiSaeTrainer(
+        None, [SaeSpec("transformer_h_2", sae_id="h2")], store=store, model_id="tiny", progress=False
+    )
+    with pytest.raises(ValueError, match="never seen"):
+        short.train_stream(pieces)

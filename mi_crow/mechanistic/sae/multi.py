@@ -10,8 +10,9 @@ but the SAEs (saved to the store like ``SaeTrainer``'s, with ``metrics.json`` an
 from __future__ import annotations
 
 import io
+import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,27 +80,33 @@ class _Window:
 
 
 class MultiSaeTrainer:
-    """Train every ``SaeSpec`` in ``specs`` on ``lm``'s activations with one forward per batch of texts.
+    """Train every ``SaeSpec`` in ``specs`` with one forward per batch of texts.
 
+    With a LanguageModel, ``train`` runs the forwards itself. Without one (``lm=None`` and ``model_id``),
+    ``train_stream`` takes the layers' rows from elsewhere, e.g. a live StreamActivations of every layer.
     ``on_step`` gets the same records as ``SaeTrainer``'s, with ``sae_id`` and ``layer`` added, and may
     return False to cancel all of them. With ``resume=True`` (or ``checkpoint_every`` in a spec's
     config) every SAE is checkpointed at each epoch end, and a resumed run continues from the last
-    epoch all of them finished.
+    epoch all of them finished; an SAE already published under its id is returned as it is.
     """
 
     def __init__(
         self,
-        lm: LanguageModel,
+        lm: LanguageModel | None,
         specs: list[SaeSpec],
         *,
         store: LocalStore | None = None,
+        model_id: str | None = None,
         progress: bool = True,
         on_step: StepCallback | None = None,
     ) -> None:
         if not specs:
             raise ValueError("no SAEs to train: give at least one SaeSpec")
+        if lm is None and not (store and model_id):
+            raise ValueError("without a LanguageModel, pass the store and the model_id the SAEs belong to")
         self.lm = lm
-        self.store = store or lm.store
+        self.store = store or lm.store  # type: ignore[union-attr]
+        self.model_id: str = lm.model_id if lm is not None else model_id  # type: ignore[assignment]
         self.progress = progress
         self.on_step = on_step
         self.trainers: list[SaeTrainer] = []
@@ -112,6 +119,7 @@ class MultiSaeTrainer:
                 sae_kwargs=spec.sae_kwargs,
                 store=self.store,
                 sae_id=spec.sae_id,
+                model_id=self.model_id,
                 progress=False,
             )
             trainer.on_step = self._forwarder(trainer)
@@ -119,8 +127,9 @@ class MultiSaeTrainer:
         ids = [t.sae_id for t in self.trainers]
         if len(set(ids)) != len(ids):
             raise ValueError(f"SAE ids must differ, got {ids}")
-        # Widths are probed now (a forward of its own), not inside the training loop.
-        self.widths = {layer: lm.hidden_size(layer) for layer in dict.fromkeys(t.layer for t in self.trainers) if layer}
+        layers = dict.fromkeys(t.layer for t in self.trainers if t.layer)
+        # Widths are probed now (a forward of its own), not inside the training loop; streams tell them.
+        self.widths = {layer: lm.hidden_size(layer) for layer in layers} if lm is not None else {}
 
     def _forwarder(self, trainer: SaeTrainer) -> StepCallback:
         def forward(record: dict[str, Any]) -> bool | None:
@@ -147,41 +156,108 @@ class MultiSaeTrainer:
         ``shuffle_window`` is in tokens per SAE (default: 8 of that SAE's training batches). Returns the
         SAEs in spec order, each saved to the store.
         """
+        if self.lm is None:
+            raise ValueError("train needs a LanguageModel to run forwards; use train_stream for rows from elsewhere")
+        lm = self.lm
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         texts = as_text_dataset(dataset, text_field=text_field, split=split, sample_limit=sample_limit)
+
+        def pieces(layers: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+            # Length-grouped batches compute less padding; the shuffle windows mix texts anyway.
+            batches = texts.batches(batch_size)
+            for hb in iter_harvest(lm, batches, layers, max_length=max_length, sort_by_length=True):
+                yield from ((layer, hb.activations[layer]) for layer in layers)
+
+        source = {"kind": "live", "dataset": texts.describe(), "batch_size": batch_size, "forwards_shared": True}
         n_tokens = self._count_tokens(texts, batch_size, max_length)
-        prepared = [self._prepare(trainer, n_tokens, resume) for trainer in self.trainers]
-        fits = [fit for fit, _, _ in prepared]
-        starts = [start for _, _, start in prepared]
-        total = sum(f.total or 0 for f in fits) or None
-        initial = sum(f.step for f in fits)
-        bar = tqdm(total=total, initial=initial, unit="step", desc="train SAEs", disable=not self.progress)
+        return self._run(pieces, source, n_tokens, shuffle_window, resume)
+
+    def train_stream(
+        self,
+        pieces: Callable[[list[str]], Iterable[tuple[str, torch.Tensor]]],
+        *,
+        source: dict[str, Any] | None = None,
+        shuffle_window: int | None = None,
+        resume: bool = False,
+    ) -> list[Sae]:
+        """Train on ``(layer, rows)`` pairs from ``pieces(layers)``, called once per epoch with the layers
+        still in training; rows are (tokens, width), widths are taken from the first rows of each layer.
+
+        ``source`` describes where the rows came from (stored with each SAE). Returns the SAEs in spec order.
+        """
+        return self._run(pieces, {"kind": "stream", **(source or {})}, None, shuffle_window, resume)
+
+    def _run(
+        self,
+        pieces: Callable[[list[str]], Iterable[tuple[str, torch.Tensor]]],
+        source: dict[str, Any],
+        n_tokens: int | None,
+        shuffle_window: int | None,
+        resume: bool,
+    ) -> list[Sae]:
+        published = [t.find_published(self.model_id) if resume else None for t in self.trainers]
+        training = [i for i, done in enumerate(published) if done is None]
+        if not training:
+            return [sae for sae in published if sae is not None]
+        first: Iterator[tuple[str, torch.Tensor]] | None = None
+        seen: list[tuple[str, torch.Tensor]] = []
+        missing = [layer for layer in self._layers(training) if layer not in self.widths]
+        if missing:  # a stream: read until every layer has shown its width, then train on what was read too
+            first, seen = self._peek_widths(iter(pieces(self._layers(training))), missing)
+        prepared = {i: self._prepare(self.trainers[i], n_tokens, resume) for i in training}
+        fits = {i: fit for i, (fit, _, _) in prepared.items()}
+        starts = {i: start for i, (_, _, start) in prepared.items()}
+        total = None if any(f.total is None for f in fits.values()) else sum(f.total for f in fits.values())
+        bar = tqdm(total=total, initial=sum(f.step for f in fits.values()), unit="step", desc="train SAEs",
+                   disable=not self.progress)  # fmt: skip
         started = time.time()
         try:
-            for epoch in range(min(starts), max(t.config.epochs for t in self.trainers)):
-                active = [i for i, t in enumerate(self.trainers) if starts[i] <= epoch < t.config.epochs]
+            for epoch in range(min(starts.values()), max(self.trainers[i].config.epochs for i in training)):
+                active = [i for i in training if starts[i] <= epoch < self.trainers[i].config.epochs]
                 if active:
-                    self._epoch(epoch, active, fits, texts.batches(batch_size), max_length, shuffle_window, bar)
+                    if first is not None:  # the stream opened to read widths (other layers' rows are skipped)
+                        epoch_pieces, first = itertools.chain(seen, first), None
+                    else:
+                        epoch_pieces = iter(pieces(self._layers(active)))
+                    self._epoch(epoch, active, fits, epoch_pieces, shuffle_window, bar)
                 for i in active:
                     if resume or self.trainers[i].config.checkpoint_every:
                         self.trainers[i].checkpoint(prepared[i][1], fits[i], epoch + 1, 0)
         finally:
             bar.close()
-        source = {"kind": "live", "dataset": texts.describe(), "batch_size": batch_size, "forwards_shared": True}
-        return [
-            trainer.finish(fit, {**source, "layer": trainer.layer}, started, sae_dir)
-            for trainer, (fit, sae_dir, _) in zip(self.trainers, prepared, strict=True)
-        ]
+            if first is not None and hasattr(first, "close"):
+                first.close()  # opened to read widths, then not needed (every SAE had finished its epochs)
+        out = list(published)
+        for i in training:
+            fit, sae_dir, _ = prepared[i]
+            out[i] = self.trainers[i].finish(fit, {**source, "layer": self.trainers[i].layer}, started, sae_dir)
+        return out  # type: ignore[return-value]
 
-    def _prepare(self, trainer: SaeTrainer, n_tokens: int, resume: bool) -> tuple[SaeFit, Path, int]:
+    def _layers(self, indices: list[int]) -> list[str]:
+        return list(dict.fromkeys(self.trainers[i].layer for i in indices))
+
+    def _peek_widths(
+        self, pieces: Iterator[tuple[str, torch.Tensor]], layers: list[str]
+    ) -> tuple[Iterator[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
+        """Read ``pieces`` until every layer in ``layers`` has shown its width; returns the rest and what was read."""
+        seen: list[tuple[str, torch.Tensor]] = []
+        for layer, rows in pieces:
+            seen.append((layer, rows))
+            self.widths.setdefault(layer, int(rows.shape[-1]))
+            if all(name in self.widths for name in layers):
+                return pieces, seen
+        never = sorted(set(layers) - set(self.widths))
+        raise ValueError(f"the stream ended before every layer had rows; never seen: {never}")
+
+    def _prepare(self, trainer: SaeTrainer, n_tokens: int | None, resume: bool) -> tuple[SaeFit, Path, int]:
         """Build the SAE and its fit, restored from its checkpoint when resuming; the epoch to start at."""
         cfg = trainer.config
         device = pick_device(cfg.device)
         sae = trainer.build_sae(self.widths[trainer.layer]).to(device)
-        sae.sae_id, sae.layer, sae.model_id = trainer.sae_id, trainer.layer, self.lm.model_id
+        sae.sae_id, sae.layer, sae.model_id = trainer.sae_id, trainer.layer, self.model_id
         fit = SaeFit(sae, cfg, device, n_tokens)
-        sae_dir = self.store.sae_dir(self.lm.model_id, trainer.sae_id)
+        sae_dir = self.store.sae_dir(self.model_id, trainer.sae_id)
         start = 0
         if resume and (sae_dir / CHECKPOINT).is_file():
             blob = io.BytesIO((sae_dir / CHECKPOINT).read_bytes())
@@ -197,15 +273,17 @@ class MultiSaeTrainer:
         self,
         epoch: int,
         active: list[int],
-        fits: list[SaeFit],
-        text_batches: Iterator[list[str]],
-        max_length: int | None,
+        fits: dict[int, SaeFit],
+        pieces: Iterator[tuple[str, torch.Tensor]],
         shuffle_window: int | None,
         bar: Any,
     ) -> None:
-        """One pass over the texts: one forward per batch, every active SAE trained on its layer."""
+        """One pass over the data: every active SAE trained on its layer's rows as they come."""
         windows = {i: self._window(i, epoch, shuffle_window) for i in active}
         stats = {i: EpochStats() for i in active}
+        by_layer: dict[str, list[int]] = {}
+        for i in active:
+            by_layer.setdefault(self.trainers[i].layer, []).append(i)
 
         def train_on(i: int, batches: Iterator[torch.Tensor]) -> None:
             for batch in batches:
@@ -214,11 +292,9 @@ class MultiSaeTrainer:
                 bar.update(1)
                 self.trainers[i].log_step(fits[i], epoch, metrics)
 
-        layers = list(dict.fromkeys(self.trainers[i].layer for i in active))
-        # Length-grouped batches compute less padding; the shuffle window mixes texts anyway.
-        for hb in iter_harvest(self.lm, text_batches, layers, max_length=max_length, sort_by_length=True):
-            for i in active:
-                train_on(i, windows[i].add(hb.activations[self.trainers[i].layer]))
+        for layer, rows in pieces:
+            for i in by_layer.get(layer, ()):
+                train_on(i, windows[i].add(rows))
         for i in active:
             train_on(i, windows[i].flush())
             self.trainers[i].end_epoch(fits[i], epoch, stats[i])

@@ -95,13 +95,13 @@ class SaeTrainer:
         """
         cfg = self.config
         known_id = self.model.model_id if self.model is not None else self.model_id
-        if resume and known_id and (done := self._published(known_id)) is not None:
+        if resume and known_id and (done := self.find_published(known_id)) is not None:
             return done  # checked before the source: a live source would open a stream just to peek
         source = resolve_source(activations, self.layer, self.store, cfg.buffer_shards)
         if self.layer is None and getattr(source, "layer", None):
             self.layer = source.layer  # type: ignore[attr-defined]
         model_id = self._model_id(source)
-        if resume and not known_id and (done := self._published(model_id)) is not None:
+        if resume and not known_id and (done := self.find_published(model_id)) is not None:
             return done
         if self.model is not None and self.layer is not None:
             expected = self.model.hidden_size(self.layer)
@@ -181,7 +181,7 @@ class SaeTrainer:
         return sae
 
     # -- pieces --------------------------------------------------------------------------------------
-    def _published(self, model_id: str) -> Sae | None:
+    def find_published(self, model_id: str) -> Sae | None:
         """The SAE already published under this id: sae.json is written last and the checkpoint then removed."""
         sae_dir = self.store.sae_dir(model_id, self.sae_id)
         if not (sae_dir / "sae.json").is_file() or (sae_dir / CHECKPOINT).is_file():
