@@ -102,11 +102,13 @@ class MultiSaeTrainer:
     ) -> None:
         if not specs:
             raise ValueError("no SAEs to train: give at least one SaeSpec")
-        if lm is None and not (store and model_id):
-            raise ValueError("without a LanguageModel, pass the store and the model_id the SAEs belong to")
         self.lm = lm
-        self.store = store or lm.store  # type: ignore[union-attr]
-        self.model_id: str = lm.model_id if lm is not None else model_id  # type: ignore[assignment]
+        if lm is not None:
+            self.store, self.model_id = store or lm.store, lm.model_id
+        elif store is not None and model_id:
+            self.store, self.model_id = store, model_id
+        else:
+            raise ValueError("without a LanguageModel, pass the store and the model_id the SAEs belong to")
         self.progress = progress
         self.on_step = on_step
         self.trainers: list[SaeTrainer] = []
@@ -228,11 +230,13 @@ class MultiSaeTrainer:
             bar.close()
             if first is not None and hasattr(first, "close"):
                 first.close()  # opened to read widths, then not needed (every SAE had finished its epochs)
-        out = list(published)
-        for i in training:
-            fit, sae_dir, _ = prepared[i]
-            out[i] = self.trainers[i].finish(fit, {**source, "layer": self.trainers[i].layer}, started, sae_dir)
-        return out  # type: ignore[return-value]
+        saes: list[Sae] = []
+        for i, done in enumerate(published):
+            if done is None:
+                fit, sae_dir, _ = prepared[i]
+                done = self.trainers[i].finish(fit, {**source, "layer": self.trainers[i].layer}, started, sae_dir)
+            saes.append(done)
+        return saes
 
     def _layers(self, indices: list[int]) -> list[str]:
         return list(dict.fromkeys(self.trainers[i].layer for i in indices))
