@@ -16,7 +16,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from mi_crow.mechanistic.sae import MultiSaeTrainer, SaeSpec, SaeTrainer, TrainingCancelled
+from mi_crow.mechanistic.sae import MultiSaeTrainer, Sae, SaeSpec, SaeTrainer, TrainingCancelled
+from mi_crow.mechanistic.sae.trainer import StepCallback
 from mi_crow.services.artifacts.jobs import HEARTBEAT_S, TERMINAL, JobStore, layer_sae_ids
 from mi_crow.services.common.redis_conn import connect
 from mi_crow.store import LocalStore
@@ -130,30 +131,14 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
 
     try:
         jobs.update(job_id, phase="train")
-        run, held = None, []
         if req.layers:
-            return _train_layers(jobs, job_id, job, store, on_step)
-        if req.HasField("stream"):
-            data = live_source(discovered(req.model_id), req.model_id, req.layer, req.stream)
+            saes, run, held = _train_layers(job, store, on_step), None, []
         else:
-            run = store.open_run(req.model_id, req.run_id)
-            data, held = split_holdout(run, req)  # with an evaluation, the last shards stay out of training
-        trainer = SaeTrainer(
-            None,
-            req.layer or None,
-            req.sae_class or "TopKSae",
-            _hyperparams(req),
-            store=store,
-            sae_id=job.sae_id,
-            model_id=req.model_id,
-            progress=False,
-            on_step=on_step,
-        )
-        # resume=True also returns, untouched, an SAE an earlier attempt published before its worker died.
-        sae = trainer.train(data, resume=True)
-        if wants_evaluation(req):  # before SUCCEEDED, while the heartbeat still runs
+            sae, run, held = _train_one(job, store, on_step)
+            saes = [sae]
+        if wants_evaluation(req):  # before SUCCEEDED, while the heartbeat still runs (never with layers)
             stop = lambda: jobs.cancel_requested(job_id) or beat.superseded  # noqa: E731
-            evaluate_after_training(jobs, job_id, req, sae, store, run, held, stop)
+            evaluate_after_training(jobs, job_id, req, saes[0], store, run, held, stop)
     except TrainingCancelled:
         if beat.superseded:
             return "SUPERSEDED"
@@ -165,41 +150,50 @@ def run_training_job(job_id: str, attempt: int = 1) -> str:
         return "FAILED"  # a deterministic failure: re-running is for workers that die, not for bad input
     finally:
         beat.stopped.set()
-    sae_path = store.sae_dir(req.model_id, job.sae_id) / "sae.json"
+    paths = [str((store.sae_dir(req.model_id, sae.id) / "sae.json").relative_to(store.root)) for sae in saes]
     if jobs.state(job_id) not in TERMINAL:
-        jobs.update(
-            job_id,
-            state="SUCCEEDED",
-            progress=1.0,
-            sae_path=str(sae_path.relative_to(store.root)),
-            finished_at=time.time(),
-        )
-    final = trainer.epochs[-1] if trainer.epochs else {}
-    jobs.log(job_id, f"published SAE {sae.id} (explained variance {final.get('explained_variance', float('nan')):.4f})")
+        where = {"sae_paths": paths} if req.layers else {"sae_path": paths[0]}
+        jobs.update(job_id, state="SUCCEEDED", progress=1.0, finished_at=time.time(), **where)
+    for sae in saes:
+        ev = sae.training_record.get("final", {}).get("explained_variance", float("nan"))
+        jobs.log(job_id, f"published SAE {sae.id} (explained variance {ev:.4f})")
     return "SUCCEEDED"
 
 
-def _train_layers(jobs: JobStore, job_id: str, job: Any, store: LocalStore, on_step: Any) -> str:
+def _train_one(job: Any, store: LocalStore, on_step: StepCallback) -> tuple[Sae, Any, list[Any]]:
+    """One SAE on a stored run (with its held-out shards, if the job evaluates) or on a live stream."""
+    req = job.request
+    run, held = None, []
+    if req.HasField("stream"):
+        data = live_source(discovered(req.model_id), req.model_id, req.layer, req.stream)
+    else:
+        run = store.open_run(req.model_id, req.run_id)
+        data, held = split_holdout(run, req)  # with an evaluation, the last shards stay out of training
+    trainer = SaeTrainer(
+        None,
+        req.layer or None,
+        req.sae_class or "TopKSae",
+        _hyperparams(req),
+        store=store,
+        sae_id=job.sae_id,
+        model_id=req.model_id,
+        progress=False,
+        on_step=on_step,
+    )
+    # resume=True also returns, untouched, an SAE an earlier attempt published before its worker died.
+    return trainer.train(data, resume=True), run, held
+
+
+def _train_layers(job: Any, store: LocalStore, on_step: StepCallback) -> list[Sae]:
     """A multi-layer job: one SAE per layer of ``req.layers``, all from one live forward per batch of texts."""
     req = job.request
-    sae_ids = layer_sae_ids(job.sae_id, req.layers)
     hyper = _hyperparams(req)
     specs = [
         SaeSpec(layer, req.sae_class or "TopKSae", hyper, sae_id=sae_id)
-        for layer, sae_id in zip(req.layers, sae_ids, strict=True)
+        for layer, sae_id in zip(req.layers, layer_sae_ids(job.sae_id, req.layers), strict=True)
     ]
     trainer = MultiSaeTrainer(None, specs, store=store, model_id=req.model_id, progress=False, on_step=on_step)
     pieces = live_layers_source(discovered(req.model_id), req.model_id, list(req.layers), req.stream)
     source = {"dataset": json_format.MessageToDict(req.stream.dataset), "batch_size": req.stream.batch_size or 16}
     # Checkpoints at epoch ends (resume=True): a retried attempt continues from the last epoch all SAEs finished.
-    saes = trainer.train_stream(lambda layers: pieces(), source=source, resume=True)
-    paths = [str((store.sae_dir(req.model_id, sae.sae_id) / "sae.json").relative_to(store.root)) for sae in saes]
-    if jobs.state(job_id) not in TERMINAL:
-        jobs.update(job_id, state="SUCCEEDED", progress=1.0, sae_paths=paths, finished_at=time.time())
-    for sae in saes:
-        final = sae.training_record.get("final", {})
-        jobs.log(
-            job_id,
-            f"published SAE {sae.sae_id} (explained variance {final.get('explained_variance', float('nan')):.4f})",
-        )
-    return "SUCCEEDED"
+    return trainer.train_stream(lambda layers: pieces(), source=source, resume=True)

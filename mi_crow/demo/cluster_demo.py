@@ -131,11 +131,11 @@ def _pipeline(client: Client, console: Console, cfg: DemoConfig, corpus: Path, s
     )
 
     # Steering: push each concept's announcing latent on neutral prompts and count its marker words.
-    next_labels = next_token_labels(per_text)
+    next_scores = auroc_matrix(codes, next_token_labels(per_text))  # every concept at once: one pass
     prompts = list(STEERING_PROMPTS)
     plain = [o.text for o in client.infer_sae(MODEL, job.sae_id, prompts, max_new_tokens=16).outputs]
     for c, r in enumerate(results):
-        biases = steering_biases(codes, next_labels, c, r.latent, cfg.steer_strength)
+        biases = steering_biases(codes, next_scores[:, c], r.latent, cfg.steer_strength)
         r.steered_latents = list(biases)
         request = artifacts_pb2.ManipulateConceptsRequest(sae=ref, name=f"push-{r.concept}")
         for latent, bias in biases.items():

@@ -58,10 +58,11 @@ class ConceptResult:
 
 
 def steering_biases(
-    codes: torch.Tensor, next_labels: torch.Tensor, concept_index: int, detector: int, strength: float
+    codes: torch.Tensor, announce_scores: torch.Tensor, detector: int, strength: float
 ) -> dict[int, float]:
-    """The latents to push for a concept (its detector and its announcer), each with the bias to add to it."""
-    announcer = int(auroc_matrix(codes, next_labels[:, concept_index : concept_index + 1])[:, 0].argmax())
+    """The latents to push for a concept, each with the bias to add to it: its detector, and its announcer
+    (the latent with the best ``announce_scores``, AUROC against the concept's next token)."""
+    announcer = int(announce_scores.argmax())
     return {latent: strength * mean_active(codes, latent) for latent in dict.fromkeys((detector, announcer))}
 
 
@@ -144,11 +145,11 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None) -> d
     concepts.save_dictionary()
 
     # Steering: push each concept's announcing latent on neutral prompts and count its marker words.
-    next_labels = next_token_labels(per_text)
+    next_scores = auroc_matrix(all_codes, next_token_labels(per_text))  # every concept at once: one pass
     prompts = list(STEERING_PROMPTS)
     plain = lm.generate(prompts, max_new_tokens=16, do_sample=True, seed=0, temperature=0.8).texts
     for c, r in enumerate(results):
-        biases = steering_biases(all_codes, next_labels, c, r.latent, cfg.steer_strength)
+        biases = steering_biases(all_codes, next_scores[:, c], r.latent, cfg.steer_strength)
         r.steered_latents = list(biases)
         concepts.reset()
         for latent, bias in biases.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -219,7 +220,7 @@ class JobServicer(artifacts_pb2_grpc.JobServiceServicer):
             )
         if not 2 <= len(req.layers) <= MAX_LAYERS_PER_JOB:
             raise ValueError(f"layers must name 2-{MAX_LAYERS_PER_JOB} layers, got {len(req.layers)}")
-        repeated = sorted({layer for layer in req.layers if list(req.layers).count(layer) > 1})
+        repeated = sorted(layer for layer, n in Counter(req.layers).items() if n > 1)
         if repeated:
             raise ValueError(f"layers names {repeated} more than once")
         for sae_id in layer_sae_ids(req.sae_id or new_id("sae"), req.layers):

@@ -9,19 +9,16 @@ from typing import Any
 
 import grpc
 
-from mi_crow.chunks import CHUNK_BYTES, chunk_to_tensor, iter_chunks, rows_per_chunk, tensor_to_chunk
+from mi_crow.chunks import chunk_to_tensor, tensor_to_chunk
 from mi_crow.datasets import TextDataset
 from mi_crow.services.common.errors import ServiceError
 from mi_crow.store import RunManifest
 from mi_crow.v1 import artifacts_pb2, common_pb2
 
 __all__ = [
-    "CHUNK_BYTES",
     "check_evaluation_options",
     "chunk_to_tensor",
     "dataset_from_spec",
-    "iter_chunks",
-    "rows_per_chunk",
     "run_info",
     "sae_evaluation",
     "sae_info",

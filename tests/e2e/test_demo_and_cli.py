@@ -39,9 +39,10 @@ def test_steering_pushes_the_detecting_and_the_announcing_latent_by_their_typica
     next_labels = next_token_labels(per_text)
     assert next_labels[:, 0].tolist() == [True, False, False] * 2
     codes = torch.tensor([[0.0, 2.0], [5.0, 0.0], [0.0, 0.0], [0.0, 4.0], [3.0, 0.0], [0.0, 0.0]])
-    biases = steering_biases(codes, next_labels, 0, detector=0, strength=4.0)
+    announce = auroc_matrix(codes, next_labels)[:, 0]
+    biases = steering_biases(codes, announce, detector=0, strength=4.0)
     assert biases == {0: 4.0 * 4.0, 1: 4.0 * 3.0}  # mean codes where they fire: (5 + 3) / 2 and (2 + 4) / 2
-    assert steering_biases(codes, next_labels, 0, detector=1, strength=1.0) == {1: 3.0}  # one latent, once
+    assert steering_biases(codes, announce, detector=1, strength=1.0) == {1: 3.0}  # one latent, once
 
 
 def _miniature(tmp_path: Path) -> DemoConfig:
